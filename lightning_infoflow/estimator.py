@@ -1,0 +1,664 @@
+"""The perturbation estimator of Eq. 7 (Guan et al., ICML 2019), batched over layers, sentences and noise.
+
+Pure torch: no Lightning, no plotting. For a probe batch the estimator learns one noise scale
+``sigma[l, b, i]`` per watched layer ``l``, sentence ``b`` and word ``i`` by minimising
+
+    L(sigma) = sum_i -log sigma_i + 1/(K*lam) * E_eps sum_e (Phi_e(x + eps) - s_e)^2 / var_e
+
+with ``eps_i ~ N(0, sigma_i^2 I_K)`` added to the word embeddings ``x`` and ``var_e`` the variance of
+hidden unit ``e`` over the probe (or a reference) batch. One optimisation serves every layer and
+sentence: each step is one forward over ``layers x samples x sentences`` copies of the batch (split
+into chunks that fit a memory budget), each copy perturbed with its own layer's sigma and scored only
+on its own layer's state, and the gradient reaches only ``log sigma``.
+
+The start point is the closed-form optimum of the linearised problem: for small noise
+``E||Phi(x+eps) - s||^2 ~ sum_i sigma_i^2 ||J_i||_F^2`` (``J_i`` the Jacobian of the normalised state
+with respect to word ``i``), whose minimiser is ``sigma_i^2 = K*lam / (2 ||J_i||_F^2)``. ``||J_i||_F^2``
+is estimated with ``samples`` random vector-Jacobian products. Adam then refines the nonlinear
+objective from there (or from a previous result: ``estimate(batch, init=previous)``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator, Literal, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from lightning_infoflow import taps
+from lightning_infoflow.result import InfoFlowResult
+
+log = logging.getLogger(__name__)
+
+Position = Union[Literal["all", "each"], int, Sequence[int]]
+
+_CPU_MEMORY_BUDGET = 2 * 1024**3
+
+
+class _StopForward(Exception):
+    """Raised by the hook of the deepest watched layer: the rest of the model is not needed."""
+
+
+@dataclass
+class _Target:
+    """One row of the result: a watched module and which of its time steps make up the state ``s``."""
+
+    name: str
+    module_name: str
+    position: Optional[int]  # None: every real time step concatenated
+
+
+@dataclass
+class _LayerState:
+    """Clean hidden state of one watched module, laid out ``[B, T', F]``."""
+
+    state: Tensor
+    batch_dim: int
+    time_dim: Optional[int]
+    aligned: bool  # the time axis is the input's word axis (padding mask applies)
+
+
+def _layout(t: Tensor, batch_dim: int, time_dim: Optional[int]) -> Tensor:
+    """Move batch to dim 0 and time to dim 1; flatten the rest: ``[N, T', F]``."""
+    n = t.shape[batch_dim]
+    if time_dim is None:
+        return t.movedim(batch_dim, 0).reshape(n, 1, -1)
+    return t.movedim((batch_dim, time_dim), (0, 1)).reshape(n, t.shape[time_dim], -1)
+
+
+@contextmanager
+def _model_untouched(model: nn.Module, device: torch.device) -> Iterator[None]:
+    """Eval mode for the duration; every submodule's ``training`` flag and the global RNG restored."""
+    modes = [(m, m.training) for m in model.modules()]
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            model.eval()
+            yield
+        finally:
+            for module, mode in modes:
+                module.training = mode
+
+
+class InfoFlowEstimator:
+    """Estimate how much information of each input word every watched layer keeps (Guan et al., 2019).
+
+    Args:
+        model: the network, called as in training: ``model(input_ids)`` or ``model(**batch)``.
+        layers: ``"auto"``, a module name, a glob pattern (``"encoder.layer.*"``) or a list of them.
+            A layer's hidden state is its output (the first tensor of a tuple).
+        embedding: the module whose output is the word embeddings ``x`` that the noise perturbs.
+            ``"auto"``: ``model.get_input_embeddings()`` or the first ``nn.Embedding`` (the token lookup,
+            before position embeddings and LayerNorm). Name a whole block (e.g. ``"embeddings"`` of a
+            BERT) to perturb after it instead.
+        lam: lambda of Eq. 7; larger values allow more noise (less information everywhere).
+        steps: Adam steps after the closed-form start; 0 returns the linearised optimum.
+        samples: noise draws per step (and random projections for the start point).
+        sigma_max: upper bound of sigma. Default: 10 x the std of the embedding weights.
+        position: which time steps of a layer's output form ``s``: ``"all"`` (every real time step
+            concatenated, Sec. 4.2), an int (one time step, e.g. ``0`` for BERT's [CLS]; negative counts
+            from each sentence's last real word), a list of ints or ``"each"`` (one result row per time
+            step, named ``"layer@t"``, Sec. 4.1).
+        lr: Adam learning rate on ``log sigma``.
+        chunk_size: copies per forward, or ``"auto"`` to fit ``memory_budget``.
+        memory_budget: bytes of activations per chunk; default: 60% of free memory on CUDA, 2 GiB on CPU.
+        pad_token_id: id that marks padding when the batch is a bare tensor without ``attention_mask``.
+        tol: stop early when no ``log sigma`` moved more than this over ``check_every`` steps.
+        check_every: steps between convergence checks (the only host-device synchronisations).
+        seed: seed of the estimator's private noise generator; the global RNG is never used.
+
+    Raises:
+        ValueError: bad arguments, unknown module names (with close matches).
+
+    Example::
+
+        >>> import torch
+        >>> from torch import nn
+        >>> class Net(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.emb = nn.Embedding(20, 8)
+        ...         self.rnn = nn.ModuleList([nn.GRU(8, 8, batch_first=True) for _ in range(2)])
+        ...     def forward(self, ids):
+        ...         h = self.emb(ids)
+        ...         for rnn in self.rnn:
+        ...             h, _ = rnn(h)
+        ...         return h
+        >>> est = InfoFlowEstimator(Net(), layers="rnn.*", steps=20)
+        >>> res = est.estimate(torch.randint(0, 20, (3, 5)))
+        >>> res.layer_names, tuple(res.sigma.shape)
+        (['rnn.0', 'rnn.1'], (2, 3, 5))
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Union[str, Sequence[str]] = "auto",
+        embedding: str = "auto",
+        *,
+        lam: float = 0.1,
+        steps: int = 100,
+        samples: int = 4,
+        sigma_max: Optional[float] = None,
+        position: Position = "all",
+        lr: float = 0.1,
+        chunk_size: Union[int, Literal["auto"]] = "auto",
+        memory_budget: Optional[int] = None,
+        pad_token_id: Optional[int] = None,
+        tol: float = 1e-3,
+        check_every: int = 25,
+        seed: int = 0,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"`model` must be an nn.Module, got {type(model).__name__}")
+        if not (isinstance(lam, (int, float)) and lam > 0 and math.isfinite(lam)):
+            raise ValueError(f"`lam` must be a positive number, got {lam!r}")
+        if not (isinstance(steps, int) and steps >= 0):
+            raise ValueError(f"`steps` must be a non-negative int (0: closed-form start only), got {steps!r}")
+        if not (isinstance(samples, int) and samples > 0):
+            raise ValueError(f"`samples` must be a positive int, got {samples!r}")
+        if sigma_max is not None and not (sigma_max > 0 and math.isfinite(sigma_max)):
+            raise ValueError(f"`sigma_max` must be a positive number or None, got {sigma_max!r}")
+        if not lr > 0:
+            raise ValueError(f"`lr` must be positive, got {lr!r}")
+        if chunk_size != "auto" and not (isinstance(chunk_size, int) and chunk_size > 0):
+            raise ValueError(f"`chunk_size` must be a positive int or 'auto', got {chunk_size!r}")
+        if memory_budget is not None and memory_budget <= 0:
+            raise ValueError(f"`memory_budget` must be a positive number of bytes, got {memory_budget!r}")
+        if not (isinstance(check_every, int) and check_every > 0):
+            raise ValueError(f"`check_every` must be a positive int, got {check_every!r}")
+        self._check_position(position)
+        self.model = model
+        self.lam = float(lam)
+        self.steps = steps
+        self.samples = samples
+        self.position = position
+        self.lr = float(lr)
+        self.chunk_size = chunk_size
+        self.memory_budget = memory_budget
+        self.pad_token_id = pad_token_id
+        self.tol = float(tol)
+        self.check_every = check_every
+        self.seed = int(seed)
+        self.embedding_name, self._embedding = taps.resolve_embedding(model, embedding)
+        self.layer_names = taps.resolve_layers(model, layers, self.embedding_name)
+        if self.embedding_name in self.layer_names:
+            raise ValueError(f"the embedding module {self.embedding_name!r} cannot also be a watched layer")
+        self._modules = {n: taps.find_module(model, n, "layer") for n in self.layer_names}
+        self.sigma_max = float(sigma_max) if sigma_max is not None else self._default_sigma_max()
+
+    @staticmethod
+    def _check_position(position: Any) -> None:
+        if position in ("all", "each") or isinstance(position, int):
+            return
+        if isinstance(position, Sequence) and not isinstance(position, str) and position and all(
+            isinstance(p, int) for p in position
+        ):
+            return
+        raise ValueError(f"`position` must be 'all', 'each', an int or a list of ints, got {position!r}")
+
+    def _default_sigma_max(self) -> float:
+        weight = getattr(self._embedding, "weight", None)
+        if isinstance(weight, Tensor) and weight.dim() == 2:
+            return 10.0 * float(weight.detach().float().std())
+        return float("nan")  # resolved from the first batch's embeddings
+
+    # ------------------------------------------------------------------ public
+
+    @torch.no_grad()
+    def estimate(
+        self,
+        batch: taps.Batch,
+        *,
+        init: Optional[InfoFlowResult] = None,
+        reference: Optional[taps.Batch] = None,
+        tokens: Optional[list[list[str]]] = None,
+    ) -> InfoFlowResult:
+        """Learn sigma for every watched layer, sentence and word of ``batch``.
+
+        Args:
+            batch: what ``model.forward`` takes: a LongTensor ``[B, T]`` of token ids or a dict with
+                ``input_ids`` (and ``attention_mask``; other entries are passed through).
+            init: a previous result for the same sentences and layers to start from (warm start).
+            reference: a batch whose hidden states give the normalisation ``var_e``; default: ``batch``.
+            tokens: word strings per sentence, stored in the result for labels.
+
+        Returns:
+            An :class:`InfoFlowResult` with tensors on the CPU.
+
+        Raises:
+            ValueError: an empty batch, an all-padding sentence, non-integer ids, a layer whose output
+                does not depend on the input or is not finite; raised before any optimisation.
+        """
+        device = self._device()
+        mask = self._validate_batch(batch).to(device)
+        batch = self._to(batch, device)
+        with _model_untouched(self.model, device):
+            prep = self._prepare(batch, mask, reference, device)
+            return self._optimise(batch, mask, prep, init, tokens, device)
+
+    # ------------------------------------------------------------------ validation
+
+    def _device(self) -> torch.device:
+        for p in self.model.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    @staticmethod
+    def _to(batch: taps.Batch, device: torch.device) -> taps.Batch:
+        if isinstance(batch, Tensor):
+            return batch.to(device)
+        return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+    def _validate_batch(self, batch: taps.Batch) -> Tensor:
+        ids = taps.input_ids_of(batch)
+        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+            raise ValueError(f"token ids must be an integer tensor, got dtype {ids.dtype}; pass ids.long()")
+        if ids.dim() != 2:
+            raise ValueError(f"token ids must have shape [B, T], got {tuple(ids.shape)}; add a batch dimension")
+        if ids.numel() == 0:
+            raise ValueError(f"the probe batch is empty (shape {tuple(ids.shape)}); pass at least one sentence")
+        attn = batch.get("attention_mask") if isinstance(batch, dict) else None
+        if isinstance(attn, Tensor):
+            mask = attn.bool()
+        elif self.pad_token_id is not None:
+            mask = ids != self.pad_token_id
+        else:
+            mask = torch.ones_like(ids, dtype=torch.bool)
+        empty = (~mask.any(dim=1)).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(f"probe sentence(s) {empty} are all padding; remove them from the batch")
+        return mask
+
+    # ------------------------------------------------------------------ preparation
+
+    def _targets(self, states: dict[str, _LayerState]) -> list[_Target]:
+        targets = []
+        for name in self.layer_names:
+            if self.position == "all":
+                targets.append(_Target(name, name, None))
+                continue
+            length = states[name].state.shape[1]
+            if self.position == "each":
+                positions: Sequence[int] = range(length)
+            elif isinstance(self.position, int):
+                positions = [self.position]
+            else:
+                positions = list(self.position)  # type: ignore[arg-type]
+            for p in positions:
+                if not -length <= p < length:
+                    raise ValueError(f"position {p} is outside layer {name!r}'s {length} time steps")
+                targets.append(_Target(f"{name}@{p}", name, p))
+        return targets
+
+    def _prepare(self, batch: taps.Batch, mask: Tensor, reference: Optional[taps.Batch], device: torch.device) -> dict:
+        bsz, seq = mask.shape
+        # Forward on B sentences (clean) and on 2B (second half noisy): locates batch and time
+        # dimensions, and shows whether each layer depends on its input at all.
+        x, raw = self._clean_forward(batch, bsz)
+        if not math.isfinite(self.sigma_max):
+            self.sigma_max = 10.0 * float(x[mask].std())
+        scale = torch.zeros(2 * bsz, 1, 1, device=device)
+        scale[bsz:] = self.sigma_max
+        gen = torch.Generator(device=device).manual_seed(self.seed + 1)
+        noise = torch.randn(x.shape, generator=gen, device=device, dtype=x.dtype)
+        x2 = torch.cat([x, x]) + scale * torch.cat([noise, noise])
+        _, raw2 = self._clean_forward(taps.repeat_batch(batch, 2, bsz), 2 * bsz, replace=x2)
+        states: dict[str, _LayerState] = {}
+        for name in self.layer_names:
+            out, out2 = raw[name], raw2[name]
+            if not torch.isfinite(out).all():
+                raise ValueError(
+                    f"layer {name!r} returned non-finite values on the probe batch; check the model and inputs"
+                )
+            bdim, tdim = taps.find_batch_and_time_dims(out, out2, seq)
+            clean_again = out2.narrow(bdim, 0, bsz)
+            noisy = out2.narrow(bdim, bsz, bsz)
+            if torch.equal(noisy, clean_again):
+                raise ValueError(
+                    f"layer {name!r} does not depend on the input embeddings of {self.embedding_name!r}; "
+                    "watch a layer downstream of the embedding (or pass the right `embedding=`)"
+                )
+            state = _layout(out, bdim, tdim).float()
+            aligned = tdim is not None and state.shape[1] == seq
+            states[name] = _LayerState(state, bdim, tdim, aligned)
+        ref_states = states
+        if reference is not None:
+            ref_mask = self._validate_batch(reference).to(device)
+            ref_batch = self._to(reference, device)
+            _, ref_raw = self._clean_forward(ref_batch, ref_mask.shape[0])
+            ref_states = {
+                n: _LayerState(_layout(ref_raw[n], s.batch_dim, s.time_dim).float(), s.batch_dim, s.time_dim,
+                               s.aligned and ref_raw[n].shape[s.time_dim] == ref_mask.shape[1])  # type: ignore[index]
+                for n, s in states.items()
+            }
+        else:
+            ref_mask = mask
+        inv_std = {n: self._inv_std(ref_states[n], ref_mask) for n in self.layer_names}
+        targets = self._targets(states)
+        order = {n: i for i, n in enumerate(self._order)}
+        state_masks = [self._state_mask(t, states[t.module_name], mask) for t in targets]
+        return {"x": x, "states": states, "inv_std": inv_std, "targets": targets, "order": order,
+                "state_masks": state_masks}
+
+    @staticmethod
+    def _inv_std(ls: _LayerState, mask: Tensor) -> Tensor:
+        """1/std per hidden unit over every real time step of every sentence.
+
+        Units whose variance is ~0 (dead units, LayerNorm weights near 0) get a floor of 1e-6 x the
+        layer's mean variance so that no unit divides by zero. A layer that is constant over the probe
+        (one sentence and a pooled state, or identical sentences) is normalised by its mean square (one scalar)
+        instead; pass ``reference=`` with more sentences for a proper variance.
+        """
+        state = ls.state[mask] if ls.aligned else ls.state.flatten(0, 1)
+        var = state.var(dim=0, unbiased=False)
+        square = state.pow(2).mean(0)
+        if float(var.mean()) <= 1e-6 * float(square.mean()):
+            var = square.mean().expand_as(var)
+        tiny = torch.finfo(torch.float32).tiny
+        return var.clamp_min(1e-6 * float(var.mean()) + tiny).rsqrt()
+
+    @staticmethod
+    def _state_mask(target: _Target, ls: _LayerState, mask: Tensor) -> Tensor:
+        bsz, length = ls.state.shape[:2]
+        if target.position is None:
+            return mask.float() if ls.aligned else torch.ones(bsz, length, device=mask.device)
+        out = torch.zeros(bsz, length, device=mask.device)
+        p = target.position
+        if ls.aligned and p < 0:
+            idx = mask.sum(1) + p  # counted from each sentence's last real word
+        else:
+            idx = torch.full((bsz,), p % length, device=mask.device)
+        out[torch.arange(bsz, device=mask.device), idx.long().clamp(0, length - 1)] = 1.0
+        if ls.aligned:
+            out = out * mask.float()  # a time step that is padding for this sentence has no state
+        return out
+
+    def _clean_forward(
+        self, batch: taps.Batch, bsz: int, replace: Optional[Tensor] = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        captured: dict[str, Tensor] = {}
+        calls: dict[str, int] = {}
+        order: list[str] = []
+        emb: list[Tensor] = []
+
+        def emb_hook(_m: nn.Module, _i: Any, output: Any) -> Any:
+            out = taps.first_tensor(output)
+            if out.dim() != 3 or out.shape[0] != bsz:
+                raise ValueError(
+                    f"the embedding module {self.embedding_name!r} returned shape {tuple(out.shape)}; "
+                    "expected [B, T, K] word embeddings. Pass embedding='<token lookup module>'"
+                )
+            emb.append(out.detach())
+            if replace is not None:
+                return taps.replace_first_tensor(output, replace.to(out.dtype))
+            return None
+
+        def layer_hook(name: str) -> Any:
+            def hook(_m: nn.Module, _i: Any, output: Any) -> None:
+                calls[name] = calls.get(name, 0) + 1
+                if name not in captured:
+                    order.append(name)
+                    captured[name] = taps.first_tensor(output).detach()
+            return hook
+
+        with ExitStack() as stack:
+            handles = [self._embedding.register_forward_hook(emb_hook)]
+            handles += [m.register_forward_hook(layer_hook(n)) for n, m in self._modules.items()]
+            for h in handles:
+                stack.callback(h.remove)
+            try:
+                taps.call_model(self.model, batch)
+            except ValueError:
+                raise
+            except Exception as err:  # noqa: BLE001 - reported with the fix
+                raise ValueError(f"the model failed on the probe batch: {type(err).__name__}: {err}") from err
+        if not emb:
+            raise ValueError(
+                f"the embedding module {self.embedding_name!r} was not called by the forward; pass embedding=..."
+            )
+        missing = [n for n in self.layer_names if n not in captured]
+        if missing:
+            raise ValueError(f"layer(s) {missing} were not called by the model's forward; check `layers`")
+        repeated = [n for n, c in calls.items() if c > 1]
+        if repeated:
+            raise ValueError(f"layer(s) {repeated} are called more than once per forward; watch modules called once")
+        self._order = order
+        return emb[0], captured
+
+    # ------------------------------------------------------------------ optimisation
+
+    def _chunk_size(self, copies: int, per_copy_bytes: float, device: torch.device) -> int:
+        if self.chunk_size != "auto":
+            return min(int(self.chunk_size), copies)
+        budget = self.memory_budget
+        if budget is None:
+            if device.type == "cuda":
+                free, _ = torch.cuda.mem_get_info(device)
+                budget = int(0.6 * free)
+            else:
+                budget = _CPU_MEMORY_BUDGET
+        fit = int(budget // max(per_copy_bytes, 1.0))
+        if fit < 1:
+            raise ValueError(
+                f"one perturbed copy of the probe needs about {per_copy_bytes / 2**20:.0f} MiB of activations, "
+                f"more than memory_budget={budget / 2**20:.0f} MiB; raise `memory_budget` or shorten the probe"
+            )
+        return min(fit, copies)
+
+    def _optimise(
+        self,
+        batch: taps.Batch,
+        mask: Tensor,
+        prep: dict,
+        init: Optional[InfoFlowResult],
+        tokens: Optional[list[list[str]]],
+        device: torch.device,
+    ) -> InfoFlowResult:
+        x: Tensor = prep["x"]
+        targets: list[_Target] = prep["targets"]
+        bsz, seq, dim = x.shape
+        n_targets, m = len(targets), self.samples
+        copies = n_targets * m * bsz
+        g_idx = torch.arange(copies, device=device) // (m * bsz)
+        b_idx = torch.arange(copies, device=device) % bsz
+        real = mask.float()
+        log_max = math.log(self.sigma_max)
+        gen = torch.Generator(device=device).manual_seed(self.seed)
+
+        run = _ChunkRunner(self, batch, prep, bsz, m, device)
+        if self.chunk_size == "auto":
+            per_copy = run.bytes_per_copy(x[b_idx], g_idx, rows=min(copies, 4))
+        else:
+            per_copy = 0.0
+        chunk = self._chunk_size(copies, per_copy, device)
+        bounds = [(a, min(a + chunk, copies)) for a in range(0, copies, chunk)]
+
+        # Start point: the previous result, or the closed-form optimum of the linearised objective.
+        if init is not None:
+            log_sigma = self._warm_start(init, targets, mask, device)
+        else:
+            jac = torch.zeros(n_targets, bsz, seq, device=device)
+            for a, b in bounds:
+                u = torch.randn((b - a, *run.max_state_shape), generator=gen, device=device)
+                sq = run.vjp_norms(a, b, x[b_idx[a:b]], g_idx[a:b], b_idx[a:b], u)
+                jac.index_put_((g_idx[a:b], b_idx[a:b]), sq / m, accumulate=True)
+            log_sigma = 0.5 * (torch.log(torch.tensor(dim * self.lam, device=device)) - math.log(2.0)
+                               - torch.log(jac.clamp_min(1e-30)))
+        log_sigma = log_sigma.clamp(max=log_max).masked_fill(~mask.expand_as(log_sigma), 0.0)
+        log_sigma = log_sigma.contiguous().requires_grad_(True)
+
+        opt = torch.optim.Adam([log_sigma], lr=self.lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(self.steps, 1), eta_min=0.1 * self.lr)
+        recon = torch.zeros(n_targets, device=device)
+        prior_grad = -real.expand(n_targets, bsz, seq)
+        last_check = log_sigma.detach().clone()
+        steps_run = 0
+        for step in range(self.steps):
+            grad = prior_grad.clone()
+            recon = torch.zeros(n_targets, device=device)
+            for a, b in bounds:
+                z = torch.randn((b - a, seq, dim), generator=gen, device=device)
+                with torch.enable_grad():
+                    sig = log_sigma.exp()[g_idx[a:b], b_idx[a:b]]
+                    noise = (sig * real[b_idx[a:b]]).unsqueeze(-1) * z
+                    err = run.errors(a, b, x[b_idx[a:b]] + noise)
+                    loss = err.sum() / (dim * self.lam * m)
+                    grad += torch.autograd.grad(loss, log_sigma)[0]
+                recon.index_add_(0, g_idx[a:b], err.detach() / (dim * self.lam * m))
+            log_sigma.grad = grad
+            opt.step()
+            sched.step()
+            log_sigma.clamp_(max=log_max)
+            steps_run = step + 1
+            if steps_run % self.check_every == 0 and steps_run < self.steps:
+                moved = float((log_sigma - last_check).abs().max())  # the loop's only synchronisation
+                if moved < self.tol:
+                    break
+                last_check = log_sigma.detach().clone()
+        sigma = log_sigma.detach().exp().masked_fill(~mask.expand_as(log_sigma), float("nan"))
+        # Final loss per layer: prior term plus the last step's reconstruction term, per sentence.
+        prior = -(log_sigma.detach() * real).sum(dim=(1, 2))
+        loss_val = (prior + recon) / bsz if steps_run else torch.full((n_targets,), float("nan"))
+        return InfoFlowResult(
+            layer_names=[t.name for t in targets],
+            sigma=sigma.float().cpu(),
+            mask=mask.cpu(),
+            sigma_max=self.sigma_max,
+            embedding_dim=dim,
+            at_bound=((log_sigma.detach() >= log_max - 1e-4) & mask).cpu(),
+            loss=loss_val.float().cpu(),
+            tokens=tokens,
+            meta={"lam": self.lam, "steps_run": steps_run, "samples": m, "chunk_size": chunk,
+                  "embedding": self.embedding_name, "warm_start": init is not None},
+        )
+
+    def _warm_start(self, init: InfoFlowResult, targets: list[_Target], mask: Tensor, device: torch.device) -> Tensor:
+        names = [t.name for t in targets]
+        if list(init.layer_names) != names or tuple(init.sigma.shape[1:]) != tuple(mask.shape):
+            raise ValueError(
+                f"`init` holds layers {init.layer_names} for sentences of shape {tuple(init.sigma.shape[1:])}, "
+                f"but this estimate has layers {names} and shape {tuple(mask.shape)}; pass a result of the same "
+                "estimator and probe"
+            )
+        return torch.nan_to_num(init.sigma.to(device).log(), nan=0.0)
+
+
+class _ChunkRunner:
+    """Runs one chunk of perturbed copies through the model and scores each copy on its own layer.
+
+    Copy ``c`` belongs to target ``c // (samples * B)`` and sentence ``c % B``; copies of one target are
+    contiguous, so a chunk touches few targets and the forward stops after the deepest one it needs.
+    """
+
+    def __init__(self, est: InfoFlowEstimator, batch: taps.Batch, prep: dict, bsz: int, m: int,
+                 device: torch.device) -> None:
+        self.est = est
+        self.batch = batch
+        self.bsz = bsz
+        self.per_target = m * bsz
+        self.targets: list[_Target] = prep["targets"]
+        self.states: dict[str, _LayerState] = prep["states"]
+        self.inv_std: dict[str, Tensor] = prep["inv_std"]
+        self.state_masks: list[Tensor] = prep["state_masks"]
+        self.order: dict[str, int] = prep["order"]
+        self.device = device
+        shapes = [s.state.shape[1:] for s in self.states.values()]
+        self.max_state_shape = (max(s[0] for s in shapes), max(s[1] for s in shapes))
+
+    def _plan(self, a: int, b: int) -> dict[str, list[tuple[int, int, int]]]:
+        """For each module: (target, first row, last row) of the chunk's copies that score on it."""
+        plan: dict[str, list[tuple[int, int, int]]] = {}
+        first, last = a // self.per_target, (b - 1) // self.per_target
+        for g in range(first, last + 1):
+            lo, hi = max(a, g * self.per_target) - a, min(b, (g + 1) * self.per_target) - a
+            plan.setdefault(self.targets[g].module_name, []).append((g, lo, hi))
+        return plan
+
+    def _run(self, a: int, b: int, x_rows: Tensor, score: Any) -> None:
+        plan = self._plan(a, b)
+        deepest = max(plan, key=lambda n: self.order[n])
+        copies_of_batch = self._chunk_batch(a, b)
+
+        def emb_hook(_m: nn.Module, _i: Any, output: Any) -> Any:
+            out = taps.first_tensor(output)
+            return taps.replace_first_tensor(output, x_rows.to(out.dtype))
+
+        def layer_hook(name: str) -> Any:
+            def hook(_m: nn.Module, _i: Any, output: Any) -> None:
+                ls = self.states[name]
+                out = _layout(taps.first_tensor(output), ls.batch_dim, ls.time_dim).float()
+                for g, lo, hi in plan[name]:
+                    score(g, lo, hi, out[lo:hi], ls)
+                if name == deepest:
+                    raise _StopForward
+            return hook
+
+        with ExitStack() as stack:
+            handles = [self.est._embedding.register_forward_hook(emb_hook)]
+            handles += [self.est._modules[n].register_forward_hook(layer_hook(n)) for n in plan]
+            for h in handles:
+                stack.callback(h.remove)
+            try:
+                taps.call_model(self.est.model, copies_of_batch)
+            except _StopForward:
+                pass
+
+    def _chunk_batch(self, a: int, b: int) -> taps.Batch:
+        idx = torch.arange(a, b, device=self.device) % self.bsz
+        return taps.map_batch(self.batch, lambda t: t.index_select(0, idx.to(t.device)), self.bsz)
+
+    def errors(self, a: int, b: int, x_rows: Tensor) -> Tensor:
+        """Normalised squared error of each copy's state against the clean state of its target: ``[b - a]``."""
+        parts: list[tuple[int, Tensor]] = []
+        sentences = torch.arange(a, b, device=self.device) % self.bsz
+
+        def score(g: int, lo: int, hi: int, out: Tensor, ls: _LayerState) -> None:
+            t = self.targets[g]
+            b_rows = sentences[lo:hi]
+            diff = (out - ls.state[b_rows]) * self.inv_std[t.module_name]
+            parts.append((lo, (diff.pow(2).sum(-1) * self.state_masks[g][b_rows]).sum(-1)))
+
+        self._run(a, b, x_rows, score)
+        parts.sort(key=lambda p: p[0])
+        return torch.cat([p[1] for p in parts])
+
+    def vjp_norms(self, a: int, b: int, x_rows: Tensor, g_rows: Tensor, b_rows: Tensor, u: Tensor) -> Tensor:
+        """``||u^T J_i||^2`` per copy and word for random ``u`` in the normalised state space: ``[b - a, T]``."""
+        parts: list[tuple[int, Tensor]] = []
+        sentences = torch.arange(a, b, device=self.device) % self.bsz
+        with torch.enable_grad():
+            x_rows = x_rows.detach().requires_grad_(True)
+
+            def score(g: int, lo: int, hi: int, out: Tensor, ls: _LayerState) -> None:
+                t = self.targets[g]
+                w = u[lo:hi, : out.shape[1], : out.shape[2]] * self.inv_std[t.module_name]
+                w = w * self.state_masks[g][sentences[lo:hi]].unsqueeze(-1)
+                parts.append((lo, (out * w).sum()))
+
+            self._run(a, b, x_rows, score)
+            total = torch.stack([p[1] for p in parts]).sum()
+            (grad,) = torch.autograd.grad(total, x_rows)
+        return grad.pow(2).sum(-1)
+
+    def bytes_per_copy(self, x_all: Tensor, g_all: Tensor, rows: int) -> float:
+        """Activation bytes autograd saves per perturbed copy, measured on a few copies of the deepest layer."""
+        saved = 0
+
+        def pack(t: Tensor) -> Tensor:
+            nonlocal saved
+            saved += t.numel() * t.element_size()
+            return t
+
+        deepest = max(range(len(self.targets)), key=lambda g: self.order[self.targets[g].module_name])
+        a = int(deepest * self.per_target)
+        b = min(a + rows, len(g_all))
+        x_rows = x_all[a:b].clone().requires_grad_(True)
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            self.errors(a, b, x_rows * 1.0)
+        return saved / (b - a)

@@ -1,0 +1,225 @@
+"""Finding the modules to watch, and the small batch utilities the estimator shares.
+
+Nothing here optimises anything: this module resolves names (exact, glob or ``"auto"``) to modules,
+describes how a module's output is laid out (which dimension is the batch, which is time), and
+moves and repeats the user's batch.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, Union
+
+import torch
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+Batch = Union[Tensor, Mapping[str, Any]]
+
+_RNN_TYPES = (nn.LSTM, nn.GRU, nn.RNN)
+
+
+def _close_matches(name: str, names: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.4)
+    if not close:
+        close = [n for n in names if name.split(".")[-1] in n][:5]
+    return ", ".join(repr(c) for c in close) if close else "none"
+
+
+def find_module(model: nn.Module, name: str, what: str) -> nn.Module:
+    """Return the submodule called ``name`` or raise a ValueError that lists close matches."""
+    modules = dict(model.named_modules())
+    if name in modules and name != "":
+        return modules[name]
+    raise ValueError(
+        f"Unknown {what} module {name!r}. Close matches: {_close_matches(name, list(modules))}. "
+        f"Pass one of the names in `dict(model.named_modules())`."
+    )
+
+
+def resolve_embedding(model: nn.Module, embedding: str) -> tuple[str, nn.Module]:
+    """Resolve the module whose output is the word embeddings ``x`` of the paper.
+
+    ``"auto"`` takes ``model.get_input_embeddings()`` (Hugging Face models) or else the first
+    :class:`~torch.nn.Embedding` in registration order.
+    """
+    names = {id(m): n for n, m in model.named_modules()}
+    if embedding != "auto":
+        return embedding, find_module(model, embedding, "embedding")
+    get = getattr(model, "get_input_embeddings", None)
+    if callable(get):
+        try:
+            module = get()
+        except (NotImplementedError, AttributeError):
+            module = None
+        if isinstance(module, nn.Module) and id(module) in names:
+            name = names[id(module)]
+            log.info("infoflow: embedding=%r (model.get_input_embeddings(), the token lookup)", name)
+            return name, module
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Embedding):
+            log.info("infoflow: embedding=%r (first nn.Embedding in the model)", name)
+            return name, module
+    raise ValueError(
+        "embedding='auto' found no nn.Embedding and no get_input_embeddings() in the model. "
+        "Pass embedding='<module name>' naming the module whose output is the word embeddings."
+    )
+
+
+def _layer_stack(model: nn.Module) -> tuple[str, list[str]] | None:
+    """The largest ModuleList of same-typed blocks (HF encoder layers, nn.TransformerEncoder)."""
+    best: tuple[int, str, list[str]] | None = None
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or len(module) == 0:
+            continue
+        kinds = {type(m) for m in module}
+        if len(kinds) != 1 or isinstance(module[0], (nn.Embedding, nn.Linear, nn.LayerNorm, nn.Dropout)):
+            continue
+        size = sum(p.numel() for p in module.parameters())
+        if best is None or size > best[0]:
+            children = [f"{name}.{i}" for i in range(len(module))]
+            best = (size, name, children)
+    return None if best is None else (best[1], best[2])
+
+
+def resolve_layers(model: nn.Module, layers: str | Sequence[str], embedding_name: str) -> list[str]:
+    """Resolve ``layers`` (``"auto"``, a name, a glob pattern, or a list of them) to module names.
+
+    ``"auto"`` looks, in this order, for: the largest list of identical blocks (Hugging Face
+    encoder layers, ``nn.TransformerEncoder.layers``); recurrent modules (``nn.LSTM``, ``nn.GRU``,
+    ``nn.RNN``, one module = one layer); ``nn.Conv1d`` modules (each branch of a text CNN a layer).
+    """
+    names = [n for n, _ in model.named_modules() if n]
+    if layers == "auto":
+        return _auto_layers(model, embedding_name)
+    if isinstance(layers, str):
+        layers = [layers]
+    if len(layers) == 0:
+        raise ValueError("`layers` is empty. Pass 'auto', a module name, a glob pattern or a list of them.")
+    out: list[str] = []
+    for pattern in layers:
+        if any(ch in pattern for ch in "*?["):
+            hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+            if not hits:
+                raise ValueError(
+                    f"Layer pattern {pattern!r} matches no module. Close matches: "
+                    f"{_close_matches(pattern.replace('*', ''), names)}."
+                )
+            out.extend(h for h in hits if h not in out)
+        else:
+            find_module(model, pattern, "layer")
+            if pattern not in out:
+                out.append(pattern)
+    return out
+
+
+def _auto_layers(model: nn.Module, embedding_name: str) -> list[str]:
+    stack = _layer_stack(model)
+    if stack is not None:
+        log.info("infoflow: layers=auto chose the %d blocks of %r (largest list of identical blocks)",
+                 len(stack[1]), stack[0])
+        return stack[1]
+    rnns = [(n, m) for n, m in model.named_modules() if isinstance(m, _RNN_TYPES)]
+    if rnns:
+        for n, m in rnns:
+            if m.num_layers > 1:
+                log.warning(
+                    "infoflow: %r is a stacked %s with num_layers=%d; its inner layers are hidden and only "
+                    "its last layer's output can be watched. Build one module per layer (e.g. an "
+                    "nn.ModuleList of single-layer %s) to see each layer.",
+                    n, type(m).__name__, m.num_layers, type(m).__name__,
+                )
+        log.info("infoflow: layers=auto chose the recurrent modules %s", [n for n, _ in rnns])
+        return [n for n, _ in rnns]
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv1d)]
+    if convs:
+        log.info("infoflow: layers=auto chose the Conv1d modules %s (each branch a layer)", convs)
+        return convs
+    raise ValueError(
+        "layers='auto' found no block list, recurrent module or Conv1d in the model. "
+        "Pass layers=[...] with module names or glob patterns (see `dict(model.named_modules())`)."
+    )
+
+
+def first_tensor(output: Any) -> Tensor:
+    """The hidden state of a module's output: the tensor itself or the first tensor of a tuple."""
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
+        return output[0]
+    if hasattr(output, "last_hidden_state"):
+        return output.last_hidden_state
+    if isinstance(output, Mapping):
+        for value in output.values():
+            if isinstance(value, Tensor):
+                return value
+    raise TypeError(f"cannot find a tensor in a module output of type {type(output).__name__}")
+
+
+def replace_first_tensor(output: Any, new: Tensor) -> Any:
+    """Return ``output`` with its hidden state replaced by ``new`` (same container type)."""
+    if isinstance(output, Tensor):
+        return new
+    if isinstance(output, tuple):
+        return (new, *output[1:])
+    if isinstance(output, list):
+        return [new, *output[1:]]
+    raise TypeError(f"cannot replace the tensor of a module output of type {type(output).__name__}")
+
+
+def batch_size_of(batch: Batch) -> int:
+    return int(input_ids_of(batch).shape[0])
+
+
+def input_ids_of(batch: Batch) -> Tensor:
+    if isinstance(batch, Tensor):
+        return batch
+    if isinstance(batch, Mapping) and isinstance(batch.get("input_ids"), Tensor):
+        return batch["input_ids"]
+    raise ValueError(
+        "A probe batch must be a LongTensor [B, T] of token ids or a dict with 'input_ids' "
+        f"(and optionally 'attention_mask'); got {type(batch).__name__}."
+    )
+
+
+def map_batch(batch: Batch, fn: Any, batch_size: int) -> Batch:
+    """Apply ``fn`` to every tensor of ``batch`` whose first dimension is the batch."""
+    if isinstance(batch, Tensor):
+        return fn(batch)
+    return {k: fn(v) if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == batch_size else v
+            for k, v in batch.items()}
+
+
+def repeat_batch(batch: Batch, times: int, batch_size: int) -> Batch:
+    """``times`` copies of the batch stacked along dim 0 (copy c holds sentence c % batch_size)."""
+    return map_batch(batch, lambda t: t.repeat(times, *([1] * (t.dim() - 1))), batch_size)
+
+
+def call_model(model: nn.Module, batch: Batch) -> Any:
+    """Call the model exactly as in training: ``model(tensor)`` or ``model(**dict)``."""
+    return model(batch) if isinstance(batch, Tensor) else model(**batch)
+
+
+def find_batch_and_time_dims(single: Tensor, double: Tensor, seq_len: int) -> tuple[int, int | None]:
+    """Locate the batch and time dimensions of a hidden state.
+
+    ``single`` is the output for a batch of B sentences and ``double`` for 2B; the dimension that
+    doubled is the batch. The time dimension is the other one of length ``seq_len`` (nearest to the
+    batch dimension when several match), or None (e.g. pooled states).
+    """
+    if single.dim() != double.dim():
+        raise ValueError("a watched module returned outputs of different rank for different batch sizes")
+    changed = [d for d in range(single.dim()) if single.shape[d] != double.shape[d]]
+    if len(changed) != 1 or double.shape[changed[0]] != 2 * single.shape[changed[0]]:
+        raise ValueError(
+            f"cannot tell the batch dimension of a hidden state of shape {tuple(single.shape)}; "
+            "watch a module whose output has one batch dimension"
+        )
+    bdim = changed[0]
+    candidates = [d for d in range(single.dim()) if d != bdim and single.shape[d] == seq_len]
+    tdim = min(candidates, key=lambda d: abs(d - bdim)) if candidates else None
+    return bdim, tdim
