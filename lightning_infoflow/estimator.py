@@ -25,7 +25,7 @@ import math
 from collections.abc import Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal, Optional, Union
+from typing import Any, Callable, Iterator, Literal, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -218,6 +218,7 @@ class InfoFlowEstimator:
         init: Optional[InfoFlowResult] = None,
         reference: Optional[taps.Batch] = None,
         tokens: Optional[list[list[str]]] = None,
+        on_step: Optional[Callable[[int, int], None]] = None,
     ) -> InfoFlowResult:
         """Learn sigma for every watched layer, sentence and word of ``batch``.
 
@@ -227,6 +228,7 @@ class InfoFlowEstimator:
             init: a previous result for the same sentences and layers to start from (warm start).
             reference: a batch whose hidden states give the normalisation ``var_e``; default: ``batch``.
             tokens: word strings per sentence, stored in the result for labels.
+            on_step: called as ``on_step(step, steps)`` after every Adam step (for progress bars).
 
         Returns:
             An :class:`InfoFlowResult` with tensors on the CPU.
@@ -240,7 +242,24 @@ class InfoFlowEstimator:
         batch = self._to(batch, device)
         with _model_untouched(self.model, device):
             prep = self._prepare(batch, mask, reference, device)
-            return self._optimise(batch, mask, prep, init, tokens, device)
+            return self._optimise(batch, mask, prep, init, tokens, device, on_step)
+
+    @torch.no_grad()
+    def check(self, batch: taps.Batch) -> list[str]:
+        """Validate ``batch`` against the model without optimising anything; return the result's row names.
+
+        Runs the checks :meth:`estimate` runs first (ids, padding, every watched layer called once,
+        finite, and depending on the embeddings) with two plain forwards. Use it to fail early.
+
+        Raises:
+            ValueError: the problem and the fix, as in :meth:`estimate`.
+        """
+        device = self._device()
+        mask = self._validate_batch(batch).to(device)
+        batch = self._to(batch, device)
+        with _model_untouched(self.model, device):
+            prep = self._prepare(batch, mask, None, device)
+        return [t.name for t in prep["targets"]]
 
     # ------------------------------------------------------------------ validation
 
@@ -459,6 +478,7 @@ class InfoFlowEstimator:
         init: Optional[InfoFlowResult],
         tokens: Optional[list[list[str]]],
         device: torch.device,
+        on_step: Optional[Callable[[int, int], None]] = None,
     ) -> InfoFlowResult:
         x: Tensor = prep["x"]
         targets: list[_Target] = prep["targets"]
@@ -516,6 +536,8 @@ class InfoFlowEstimator:
             sched.step()
             log_sigma.clamp_(max=log_max)
             steps_run = step + 1
+            if on_step is not None:
+                on_step(steps_run, self.steps)
             if steps_run % self.check_every == 0 and steps_run < self.steps:
                 moved = float((log_sigma - last_check).abs().max())  # the loop's only synchronisation
                 if moved < self.tol:
