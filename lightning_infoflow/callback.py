@@ -1,0 +1,365 @@
+"""InfoFlowCallback: information per layer and per word, estimated on a fixed probe while a model trains."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Sequence
+from typing import Any, Callable, Literal, Optional, Union
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers.logger import DummyLogger
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import Tensor, nn
+from typing_extensions import override
+
+from lightning_infoflow import figures
+from lightning_infoflow.estimator import InfoFlowEstimator
+from lightning_infoflow.probe import Probe, ProbeLike, build_probe
+from lightning_infoflow.result import InfoFlowResult
+from lightning_infoflow.sinks import Sinks, logger_dir
+
+_MEASURES = ("information", "entropy", "effective_words", "loss")
+
+
+def log_spaced_steps(limit: int) -> list[int]:
+    """1, 2, 5, 10, 20, 50, ... below ``limit``: the early steps the regular schedule would miss.
+
+    >>> log_spaced_steps(150)
+    [1, 2, 5, 10, 20, 50, 100]
+    """
+    out, decade = [], 1
+    while decade < limit:
+        out += [s for s in (decade, 2 * decade, 5 * decade) if s < limit]
+        decade *= 10
+    return out
+
+
+class InfoFlowCallback(Callback):
+    r"""Estimate, during training, how much information of each probe word every layer keeps.
+
+    At step 0 (before the first optimizer step), at log-spaced early steps (1, 2, 5, 10, ...), every
+    ``every_n_train_steps`` optimizer steps and once at the end of training, the callback runs
+    :class:`~lightning_infoflow.InfoFlowEstimator` on a fixed probe with the weights of that step
+    (warm-started from the previous analysis) and logs, under ``infoflow/``:
+
+    - scalars per layer (the x-axis is ``trainer.global_step``, the optimizer step):
+      ``infoflow/information/<layer>`` (mean information per word, nats), ``infoflow/entropy/<layer>``
+      (mean word entropy), ``infoflow/effective_words/<layer>``, ``infoflow/loss/<layer>`` (the
+      estimator's final loss) and ``infoflow/analysis_seconds``; they also go into
+      ``trainer.callback_metrics`` for EarlyStopping / ModelCheckpoint;
+    - figures: a layers x words heatmap per probe sentence (up to ``max_heatmaps``) and the information
+      of every layer against step; TensorBoard gets a custom-scalars chart with all layers on one plot;
+    - the raw result of every analysis, ``<log_dir>/infoflow/results/step_XXXXXXXX.pt``, a plain dict
+      of tensors and strings that ``torch.load(path, weights_only=True)`` reads without this package.
+
+    The analysis never changes the training: the model runs in eval mode and every submodule's mode is
+    restored, the noise comes from a private generator and the global RNG state is restored, and the
+    gradient reaches only the noise scales (parameters' ``.grad`` are untouched).
+
+    Under DDP the analysis runs on global rank 0 only and the other ranks go on to the next step, where
+    the gradient all-reduce waits for rank 0: no collective is issued by this callback, so none can hang;
+    an analysis must finish within the process group's timeout (30 min by default).
+
+    Args:
+        probe: the fixed probe: token ids ``[B, T]``, a dict batch with ``input_ids``, a list of strings
+            (with ``tokenizer``) or a Dataset/DataLoader (the first ``num_sentences`` examples).
+        tokenizer: a Hugging Face tokenizer or a callable ``list[str] -> ids``; also labels the words.
+        layers: module names, glob patterns or ``"auto"`` (see :class:`InfoFlowEstimator`).
+        embedding: the word-embedding module name or ``"auto"``.
+        module: attribute of the LightningModule to analyse (e.g. ``"model"``); ``None`` calls the
+            LightningModule itself. Layer names are relative to it.
+        every_n_train_steps: analyse every N optimizer steps.
+        log_spaced: also analyse at steps 1, 2, 5, 10, 20, 50, ... below ``every_n_train_steps``.
+        at_end: analyse once more when training ends.
+        num_sentences: probe size when the probe is a dataset (and a cap otherwise).
+        lam, samples, position, sigma_max: estimator settings (see :class:`InfoFlowEstimator`).
+        steps: Adam steps of a cold analysis (the first one).
+        warm_steps: Adam steps of a warm-started analysis.
+        max_heatmaps: heatmap figures logged per analysis (0 disables them).
+        log_figures: log figures at all.
+        save_results: write each analysis's raw result under the log dir.
+        progress: show a progress bar during an analysis (rank 0).
+        seed: seed of the estimator's private noise generator.
+
+    Raises:
+        ValueError: invalid arguments here; at ``setup``, no logger, unknown layers, or a probe the model
+            cannot take (each with the fix in the message).
+
+    Example::
+
+        >>> import lightning.pytorch as L
+        >>> from lightning.pytorch.loggers import CSVLogger
+        >>> cb = InfoFlowCallback(probe=torch.randint(0, 100, (4, 12)), every_n_train_steps=200)
+        >>> trainer = L.Trainer(callbacks=[cb], logger=CSVLogger("runs"), max_steps=1000)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        probe: ProbeLike,
+        tokenizer: Optional[Callable[..., Any]] = None,
+        layers: Union[str, Sequence[str]] = "auto",
+        embedding: str = "auto",
+        module: Optional[str] = None,
+        every_n_train_steps: int = 500,
+        log_spaced: bool = True,
+        at_end: bool = True,
+        num_sentences: Optional[int] = 16,
+        lam: float = 0.1,
+        steps: int = 50,
+        warm_steps: int = 10,
+        samples: int = 4,
+        position: Union[Literal["all", "each"], int, list[int]] = "all",
+        sigma_max: Optional[float] = None,
+        max_heatmaps: int = 4,
+        log_figures: bool = True,
+        save_results: bool = True,
+        progress: bool = True,
+        seed: int = 0,
+    ) -> None:
+        if not (isinstance(every_n_train_steps, int) and every_n_train_steps > 0):
+            raise ValueError(f"`every_n_train_steps` must be a positive int, got {every_n_train_steps!r}")
+        for name, value in (("steps", steps), ("warm_steps", warm_steps), ("max_heatmaps", max_heatmaps)):
+            if not (isinstance(value, int) and value >= 0):
+                raise ValueError(f"`{name}` must be a non-negative int, got {value!r}")
+        if not (isinstance(samples, int) and samples > 0):
+            raise ValueError(f"`samples` must be a positive int, got {samples!r}")
+        if not (lam > 0 and math.isfinite(lam)):
+            raise ValueError(f"`lam` must be a positive number, got {lam!r}")
+        if num_sentences is not None and num_sentences <= 0:
+            raise ValueError(f"`num_sentences` must be positive or None, got {num_sentences!r}")
+        self.probe_source = probe
+        self.tokenizer = tokenizer
+        self.layers = layers
+        self.embedding = embedding
+        self.module = module
+        self.every_n_train_steps = every_n_train_steps
+        self.log_spaced = log_spaced
+        self.at_end = at_end
+        self.num_sentences = num_sentences
+        self.estimator_kwargs: dict[str, Any] = {
+            "lam": lam, "samples": samples, "position": position, "sigma_max": sigma_max, "seed": seed,
+        }
+        self.steps = steps
+        self.warm_steps = warm_steps
+        self.max_heatmaps = max_heatmaps
+        self.log_figures = log_figures
+        self.save_results = save_results
+        self.progress = progress
+
+        self._early = set(log_spaced_steps(every_n_train_steps)) if log_spaced else set()
+        self._probe: Optional[Probe] = None
+        self._estimator: Optional[InfoFlowEstimator] = None
+        self._sinks = Sinks()
+        self._enabled = True
+        self._dirs: list[str] = []
+        # state saved in checkpoints
+        self._last_step = -1
+        self._history_steps: list[int] = []
+        self._history: list[Tensor] = []
+        self._layer_names: list[str] = []
+        self._previous: Optional[InfoFlowResult] = None
+        self.failures = 0
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(layers=str(self.layers), embedding=self.embedding, module=self.module,
+                                        position=str(self.estimator_kwargs["position"]))
+
+    @property
+    def last_result(self) -> Optional[InfoFlowResult]:
+        """The most recent analysis (``None`` before the first)."""
+        return self._previous
+
+    # ------------------------------------------------------------------ setup
+
+    def _target(self, pl_module: LightningModule) -> nn.Module:
+        if self.module is None:
+            return pl_module
+        target = getattr(pl_module, self.module, None)
+        if not isinstance(target, nn.Module):
+            raise ValueError(
+                f"InfoFlowCallback(module={self.module!r}): the LightningModule has no submodule of that name; "
+                "pass the attribute that holds the network, or module=None"
+            )
+        return target
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != TrainerFn.FITTING:
+            return
+        if trainer.fast_dev_run:
+            self._enabled = False
+            rank_zero_warn(
+                "InfoFlowCallback is off under fast_dev_run: Lightning replaces every logger with a DummyLogger "
+                "there, so nothing could be logged. Run without fast_dev_run (e.g. max_steps=...) to see it."
+            )
+            return
+        if not trainer.loggers or all(isinstance(lg, DummyLogger) for lg in trainer.loggers):
+            raise ValueError(
+                "InfoFlowCallback needs a logger to write to; pass e.g. Trainer(logger=TensorBoardLogger('runs'))"
+            )
+        model = self._target(pl_module)
+        self._probe = build_probe(self.probe_source, self.tokenizer, num_sentences=self.num_sentences)
+        self._estimator = InfoFlowEstimator(model, self.layers, self.embedding, steps=self.steps,
+                                            **self.estimator_kwargs)
+        self._layer_names = self._estimator.check(self._probe.batch)
+        fallback = trainer.default_root_dir
+        self._dirs = [logger_dir(lg, fallback) for lg in trainer.loggers]
+        rank_zero_info(
+            f"InfoFlowCallback: {len(self._probe)} probe sentences, layers {self._layer_names}, "
+            f"embedding {self._estimator.embedding_name!r}; analyses at steps 0, {sorted(self._early)}, "
+            f"every {self.every_n_train_steps} and at the end"
+        )
+
+    # ------------------------------------------------------------------ schedule
+
+    def _due(self, step: int) -> bool:
+        return step != self._last_step and (step == 0 or step in self._early or step % self.every_n_train_steps == 0)
+
+    @override
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._enabled and self._due(trainer.global_step) and trainer.global_step == 0:
+            self._analyse(trainer, pl_module)
+
+    @override
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        # global_step counts optimizer steps: with gradient accumulation it stays put on the batches that
+        # only accumulate, and _last_step stops a second analysis of the same step.
+        if self._enabled and self._due(trainer.global_step):
+            self._analyse(trainer, pl_module)
+
+    @override
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._enabled and self.at_end and trainer.global_step != self._last_step:
+            self._analyse(trainer, pl_module)
+
+    # ------------------------------------------------------------------ one analysis
+
+    def _analyse(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        step = trainer.global_step
+        self._last_step = step
+        if not trainer.is_global_zero:
+            return
+        assert self._estimator is not None and self._probe is not None
+        started = time.perf_counter()
+        warm = self._previous is not None
+        self._estimator.steps = self.warm_steps if warm else self.steps
+        try:
+            with _Progress(self.progress, f"infoflow step {step}", self._estimator.steps) as bar:
+                result = self._estimator.estimate(self._probe.batch, init=self._previous, tokens=self._probe.tokens,
+                                                  on_step=bar.update)
+        except Exception as err:  # noqa: BLE001 - training must go on
+            self.failures += 1
+            rank_zero_warn(
+                f"InfoFlowCallback: the analysis at step {step} failed and was skipped ({type(err).__name__}: {err}). "
+                "Training continues; the next analysis will try again."
+            )
+            if warm:
+                self._previous = None  # the next analysis starts cold
+            return
+        seconds = time.perf_counter() - started
+        result.meta.update(step=step, epoch=trainer.current_epoch, seconds=seconds, warm_start=warm)
+        self._previous = result
+        self._history_steps.append(step)
+        self._history.append(result.layer_information.clone())
+        self._log(trainer, result, step, seconds)
+
+    def _scalars(self, result: InfoFlowResult, seconds: float) -> dict[str, float]:
+        values = {
+            "information": result.layer_information,
+            "entropy": result.mean_entropy,
+            "effective_words": result.effective_words,
+            "loss": result.loss,
+        }
+        scalars = {f"infoflow/{m}/{name}": float(values[m][i]) for m in _MEASURES
+                   for i, name in enumerate(result.layer_names)}
+        scalars["infoflow/analysis_seconds"] = seconds
+        return scalars
+
+    def _log(self, trainer: Trainer, result: InfoFlowResult, step: int, seconds: float) -> None:
+        scalars = self._scalars(result, seconds)
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in scalars.items()})
+        loggers = list(trainer.loggers)
+        self._sinks.write_layout(loggers, {m: result.layer_names for m in _MEASURES})
+        self._sinks.log_scalars(loggers, scalars, step)
+        for logger in loggers:
+            logger.save()
+        if self.save_results:
+            for directory in dict.fromkeys(self._dirs):
+                path = os.path.join(directory, "infoflow", "results")
+                os.makedirs(path, exist_ok=True)
+                result.save(os.path.join(path, f"step_{step:08d}.pt"))
+        if self.log_figures:
+            figs = self._figures(result)
+            self._sinks.log_figures(loggers, figs, step, trainer.default_root_dir)
+            for fig, _ in figs.values():
+                fig.clear()
+
+    def _figures(self, result: InfoFlowResult) -> dict[str, tuple[Any, str]]:
+        out: dict[str, tuple[Any, str]] = {}
+        tokens = result.tokens or []
+        for b in range(min(self.max_heatmaps, result.sigma.shape[1])):
+            words = " ".join(tokens[b]) if b < len(tokens) else f"sentence {b}"
+            out[f"infoflow/heatmap/sentence_{b}"] = (figures.information_heatmap(result, b), words)
+        if self._history:
+            out["infoflow/curves"] = (
+                figures.information_curves(self._history_steps, torch.stack(self._history), result.layer_names),
+                "information per layer against step",
+            )
+        return out
+
+    # ------------------------------------------------------------------ checkpointing
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        prev = self._previous
+        return {
+            "last_step": self._last_step,
+            "history_steps": list(self._history_steps),
+            "history": torch.stack(self._history) if self._history else torch.zeros(0),
+            "layer_names": list(self._layer_names),
+            "previous": prev.to_dict() if prev is not None else None,
+            "failures": self.failures,
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._last_step = int(state_dict["last_step"])
+        self._history_steps = [int(s) for s in state_dict["history_steps"]]
+        history = state_dict["history"]
+        self._history = list(history) if history.numel() else []
+        self._layer_names = list(state_dict["layer_names"])
+        prev = state_dict.get("previous")
+        self._previous = InfoFlowResult.from_dict(prev) if prev is not None else None
+        self.failures = int(state_dict.get("failures", 0))
+
+
+class _Progress:
+    """A tqdm bar over the estimator's steps, on rank 0 only (the callback runs there)."""
+
+    def __init__(self, enabled: bool, desc: str, total: int) -> None:
+        self.enabled = enabled and total > 0
+        self.desc = desc
+        self.total = total
+        self._bar: Any = None
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=self.total, desc=self.desc, leave=False, dynamic_ncols=True)
+        return self
+
+    def update(self, step: int, total: int) -> None:
+        if self._bar is not None:
+            self._bar.n = step
+            self._bar.refresh()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.close()

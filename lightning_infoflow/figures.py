@@ -1,0 +1,77 @@
+"""Matplotlib figures of information flow: layer x word heatmaps and information-against-step curves.
+
+Every function returns a :class:`matplotlib.figure.Figure` built without pyplot state; the caller logs or
+saves it and may drop it (no figure manager holds a reference).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Optional
+
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from lightning_infoflow.result import InfoFlowResult
+
+
+def information_heatmap(result: InfoFlowResult, sentence: int, title: Optional[str] = None) -> Figure:
+    """Layers x words heatmap of the information each layer keeps of each word (Figs. 3 and 7).
+
+    Example::
+
+        >>> import torch
+        >>> r = InfoFlowResult(["l0", "l1"], torch.tensor([[[1.0, 5.0]], [[2.0, 9.0]]]),
+        ...                    torch.ones(1, 2, dtype=torch.bool), sigma_max=10.0, embedding_dim=4,
+        ...                    tokens=[["good", "film"]])
+        >>> information_heatmap(r, 0).axes[0].get_xticklabels()[1].get_text()
+        'film'
+    """
+    real = result.mask[sentence]
+    info = result.information[:, sentence][:, real].numpy()
+    words = result.tokens[sentence][: int(real.sum())] if result.tokens else [str(i) for i in range(info.shape[1])]
+    width = max(4.0, 0.45 * len(words) + 2.5)
+    fig = Figure(figsize=(width, 0.45 * len(result.layer_names) + 1.6), layout="constrained")
+    ax = fig.subplots()
+    im = ax.imshow(info, aspect="auto", cmap="viridis", vmin=0.0)
+    ax.set_xticks(range(len(words)), labels=words, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(result.layer_names)), labels=result.layer_names, fontsize=8)
+    ax.set_xlabel("word")
+    ax.set_ylabel("layer")
+    step = result.meta.get("step")
+    ax.set_title(title or (f"information per word (nats), step {step}" if step is not None else "information per word (nats)"),
+                 fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.04)
+    return fig
+
+
+def information_curves(steps: Sequence[int], information: Tensor, layer_names: Sequence[str],
+                       ylabel: str = "mean information per word (nats)") -> Figure:
+    """Information of every layer against training step (Fig. 9): ``information`` is ``[len(steps), L]``."""
+    fig = Figure(figsize=(6.0, 3.6), layout="constrained")
+    ax = fig.subplots()
+    info = torch.as_tensor(information)
+    for layer, name in enumerate(layer_names):
+        ax.plot(list(steps), info[:, layer].tolist(), marker="o", markersize=3, label=name)
+    if len(steps) > 2 and min(steps) >= 0 and max(steps) > 10:
+        ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    return fig
+
+
+def layer_profile(result: InfoFlowResult) -> Figure:
+    """Mean information per word against layer depth, with the effective number of words kept."""
+    fig = Figure(figsize=(5.0, 3.2), layout="constrained")
+    ax = fig.subplots()
+    x = range(len(result.layer_names))
+    ax.plot(x, result.layer_information.tolist(), marker="o", color="tab:blue")
+    ax.set_ylabel("information per word (nats)", color="tab:blue")
+    ax.set_xticks(list(x), labels=result.layer_names, rotation=45, ha="right", fontsize=8)
+    twin = ax.twinx()
+    twin.plot(x, result.effective_words.tolist(), marker="s", color="tab:orange")
+    twin.set_ylabel("effective words", color="tab:orange")
+    return fig
