@@ -40,8 +40,11 @@ Position = Union[Literal["all", "each"], int, Sequence[int]]
 _CPU_MEMORY_BUDGET = 2 * 1024**3
 
 
-class _StopForward(Exception):
-    """Raised by the hook of the deepest watched layer: the rest of the model is not needed."""
+class _StopForward(BaseException):
+    """Raised by the hook of the deepest watched layer: the rest of the model is not needed.
+
+    A ``BaseException`` so that a model's own ``except Exception:`` blocks do not swallow it.
+    """
 
 
 @dataclass
@@ -73,16 +76,27 @@ def _layout(t: Tensor, batch_dim: int, time_dim: Optional[int]) -> Tensor:
 
 @contextmanager
 def _model_untouched(model: nn.Module, device: torch.device) -> Iterator[None]:
-    """Eval mode for the duration; every submodule's ``training`` flag and the global RNG restored."""
+    """Eval mode and frozen parameters for the duration; everything restored on exit, also on error.
+
+    Every submodule's ``training`` flag, every parameter's ``requires_grad`` and the global RNG (CPU,
+    and the model's CUDA device) are put back. Freezing the parameters keeps autograd from saving
+    what weight gradients would need; ``.grad`` is never written (gradients are taken with
+    :func:`torch.autograd.grad` with respect to ``log sigma`` only).
+    """
     modes = [(m, m.training) for m in model.modules()]
+    grads = [(p, p.requires_grad) for p in model.parameters()]
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         try:
             model.eval()
+            for p, _ in grads:
+                p.requires_grad_(False)
             yield
         finally:
             for module, mode in modes:
                 module.training = mode
+            for p, flag in grads:
+                p.requires_grad_(flag)
 
 
 class InfoFlowEstimator:
@@ -335,7 +349,7 @@ class InfoFlowEstimator:
                 raise ValueError(
                     f"layer {name!r} returned non-finite values on the probe batch; check the model and inputs"
                 )
-            bdim, tdim = taps.find_batch_and_time_dims(out, out2, seq)
+            bdim, tdim = taps.find_batch_and_time_dims(out, out2, seq, self._modules[name])
             clean_again = out2.narrow(bdim, 0, bsz)
             noisy = out2.narrow(bdim, bsz, bsz)
             if torch.equal(noisy, clean_again):
@@ -384,16 +398,21 @@ class InfoFlowEstimator:
 
     @staticmethod
     def _state_mask(target: _Target, ls: _LayerState, mask: Tensor) -> Tensor:
+        """``[B, T']`` weights of the time steps that form ``s`` for ``target``, per sentence.
+
+        A sentence whose selected time step is padding (``position`` past its last word) gets an
+        all-zero row: it has no state for this target, and its result row is NaN.
+        """
         bsz, length = ls.state.shape[:2]
         if target.position is None:
             return mask.float() if ls.aligned else torch.ones(bsz, length, device=mask.device)
-        out = torch.zeros(bsz, length, device=mask.device)
         p = target.position
         if ls.aligned and p < 0:
-            idx = mask.sum(1) + p  # counted from each sentence's last real word
+            idx = mask.sum(1) + p  # counted from each sentence's last real word (right padding)
         else:
             idx = torch.full((bsz,), p % length, device=mask.device)
-        out[torch.arange(bsz, device=mask.device), idx.long().clamp(0, length - 1)] = 1.0
+        steps = torch.arange(length, device=mask.device)
+        out = (steps[None, :] == idx[:, None]).float()
         if ls.aligned:
             out = out * mask.float()  # a time step that is padding for this sentence has no state
         return out
@@ -414,9 +433,10 @@ class InfoFlowEstimator:
                     "expected [B, T, K] word embeddings. Pass embedding='<token lookup module>'"
                 )
             emb.append(out.detach())
-            if replace is not None:
-                return taps.replace_first_tensor(output, replace.to(out.dtype))
-            return None
+            # A leaf that requires grad: the forward takes the same (autograd) code path as the noisy
+            # forwards of the optimisation, e.g. no nested-tensor fast path in nn.TransformerEncoder.
+            new = (out if replace is None else replace.to(out.dtype)).detach().requires_grad_(True)
+            return taps.replace_first_tensor(output, new)
 
         def layer_hook(name: str) -> Any:
             def hook(_m: nn.Module, _i: Any, output: Any) -> None:
@@ -432,7 +452,8 @@ class InfoFlowEstimator:
             for h in handles:
                 stack.callback(h.remove)
             try:
-                taps.call_model(self.model, batch)
+                with torch.enable_grad():
+                    taps.call_model(self.model, batch)
             except ValueError:
                 raise
             except Exception as err:  # noqa: BLE001 - reported with the fix
@@ -440,6 +461,11 @@ class InfoFlowEstimator:
         if not emb:
             raise ValueError(
                 f"the embedding module {self.embedding_name!r} was not called by the forward; pass embedding=..."
+            )
+        if len(emb) > 1:
+            raise ValueError(
+                f"the embedding module {self.embedding_name!r} is called {len(emb)} times per forward; the noise "
+                "must enter once. Embed the whole input in one call (and split afterwards), or pass embedding=..."
             )
         missing = [n for n in self.layer_names if n not in captured]
         if missing:
@@ -488,12 +514,16 @@ class InfoFlowEstimator:
         g_idx = torch.arange(copies, device=device) // (m * bsz)
         b_idx = torch.arange(copies, device=device) % bsz
         real = mask.float()
+        # Words that have a state to explain: real words of sentences whose target has any time step
+        # (``position`` past a sentence's end leaves that sentence without a state: NaN rows).
+        has_state = torch.stack([sm.sum(1) > 0 for sm in prep["state_masks"]])  # [L, B]
+        words = mask.unsqueeze(0) & has_state.unsqueeze(-1)  # [L, B, T]
         log_max = math.log(self.sigma_max)
         gen = torch.Generator(device=device).manual_seed(self.seed)
 
         run = _ChunkRunner(self, batch, prep, bsz, m, device)
         if self.chunk_size == "auto":
-            per_copy = run.bytes_per_copy(x[b_idx], g_idx, rows=min(copies, 4))
+            per_copy = run.bytes_per_copy(x, rows=min(copies, 4))
         else:
             per_copy = 0.0
         chunk = self._chunk_size(copies, per_copy, device)
@@ -506,17 +536,17 @@ class InfoFlowEstimator:
             jac = torch.zeros(n_targets, bsz, seq, device=device)
             for a, b in bounds:
                 u = torch.randn((b - a, *run.max_state_shape), generator=gen, device=device)
-                sq = run.vjp_norms(a, b, x[b_idx[a:b]], g_idx[a:b], b_idx[a:b], u)
+                sq = run.vjp_norms(a, b, x[b_idx[a:b]], u)
                 jac.index_put_((g_idx[a:b], b_idx[a:b]), sq / m, accumulate=True)
             log_sigma = 0.5 * (torch.log(torch.tensor(dim * self.lam, device=device)) - math.log(2.0)
                                - torch.log(jac.clamp_min(1e-30)))
-        log_sigma = log_sigma.clamp(max=log_max).masked_fill(~mask.expand_as(log_sigma), 0.0)
+        log_sigma = log_sigma.clamp(max=log_max).masked_fill(~words, 0.0)
         log_sigma = log_sigma.contiguous().requires_grad_(True)
 
         opt = torch.optim.Adam([log_sigma], lr=self.lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(self.steps, 1), eta_min=0.1 * self.lr)
         recon = torch.zeros(n_targets, device=device)
-        prior_grad = -real.expand(n_targets, bsz, seq)
+        prior_grad = -words.float()
         last_check = log_sigma.detach().clone()
         steps_run = 0
         for step in range(self.steps):
@@ -543,9 +573,9 @@ class InfoFlowEstimator:
                 if moved < self.tol:
                     break
                 last_check = log_sigma.detach().clone()
-        sigma = log_sigma.detach().exp().masked_fill(~mask.expand_as(log_sigma), float("nan"))
+        sigma = log_sigma.detach().exp().masked_fill(~words, float("nan"))
         # Final loss per layer: prior term plus the last step's reconstruction term, per sentence.
-        prior = -(log_sigma.detach() * real).sum(dim=(1, 2))
+        prior = -(log_sigma.detach() * words).sum(dim=(1, 2))
         loss_val = (prior + recon) / bsz if steps_run else torch.full((n_targets,), float("nan"))
         return InfoFlowResult(
             layer_names=[t.name for t in targets],
@@ -553,7 +583,7 @@ class InfoFlowEstimator:
             mask=mask.cpu(),
             sigma_max=self.sigma_max,
             embedding_dim=dim,
-            at_bound=((log_sigma.detach() >= log_max - 1e-4) & mask).cpu(),
+            at_bound=((log_sigma.detach() >= log_max - 1e-4) & words).cpu(),
             loss=loss_val.float().cpu(),
             tokens=tokens,
             meta={"lam": self.lam, "steps_run": steps_run, "samples": m, "chunk_size": chunk,
@@ -650,7 +680,7 @@ class _ChunkRunner:
         parts.sort(key=lambda p: p[0])
         return torch.cat([p[1] for p in parts])
 
-    def vjp_norms(self, a: int, b: int, x_rows: Tensor, g_rows: Tensor, b_rows: Tensor, u: Tensor) -> Tensor:
+    def vjp_norms(self, a: int, b: int, x_rows: Tensor, u: Tensor) -> Tensor:
         """``||u^T J_i||^2`` per copy and word for random ``u`` in the normalised state space: ``[b - a, T]``."""
         parts: list[tuple[int, Tensor]] = []
         sentences = torch.arange(a, b, device=self.device) % self.bsz
@@ -668,19 +698,29 @@ class _ChunkRunner:
             (grad,) = torch.autograd.grad(total, x_rows)
         return grad.pow(2).sum(-1)
 
-    def bytes_per_copy(self, x_all: Tensor, g_all: Tensor, rows: int) -> float:
-        """Activation bytes autograd saves per perturbed copy, measured on a few copies of the deepest layer."""
+    def bytes_per_copy(self, x: Tensor, rows: int) -> float:
+        """Activation bytes autograd saves per perturbed copy, measured on a few copies of the deepest layer.
+
+        Each saved storage counts once; the model's parameters (saved by every layer but shared by all
+        copies) do not count.
+        """
+        params = {p.untyped_storage().data_ptr() for p in self.est.model.parameters()}
+        params |= {b.untyped_storage().data_ptr() for b in self.est.model.buffers()}
+        seen: set[int] = set()
         saved = 0
 
         def pack(t: Tensor) -> Tensor:
             nonlocal saved
-            saved += t.numel() * t.element_size()
+            ptr = t.untyped_storage().data_ptr()
+            if ptr not in params and ptr not in seen:
+                seen.add(ptr)
+                saved += t.untyped_storage().nbytes()
             return t
 
         deepest = max(range(len(self.targets)), key=lambda g: self.order[self.targets[g].module_name])
         a = int(deepest * self.per_target)
-        b = min(a + rows, len(g_all))
-        x_rows = x_all[a:b].clone().requires_grad_(True)
+        b = min(a + rows, len(self.targets) * self.per_target)
+        x_rows = x[torch.arange(a, b, device=x.device) % self.bsz].requires_grad_(True)
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             self.errors(a, b, x_rows * 1.0)
         return saved / (b - a)

@@ -30,6 +30,29 @@ def _close_matches(name: str, names: Sequence[str]) -> str:
     return ", ".join(repr(c) for c in close) if close else "none"
 
 
+def glob_match(name: str, pattern: str) -> bool:
+    """Match a dotted module name against a glob pattern, one name component at a time.
+
+    ``*``, ``?`` and ``[...]`` stay inside one component (``"encoder.layer.*"`` matches the blocks
+    ``encoder.layer.0``, ``encoder.layer.1``, ... but not their submodules); a ``**`` component matches
+    any number of components (``"**.lstm"``).
+
+    >>> glob_match("encoder.layer.0", "encoder.layer.*"), glob_match("encoder.layer.0.output", "encoder.layer.*")
+    (True, False)
+    >>> glob_match("encoder.layer.0.output", "encoder.**.output")
+    True
+    """
+
+    def match(parts: list[str], pats: list[str]) -> bool:
+        if not pats:
+            return not parts
+        if pats[0] == "**":
+            return any(match(parts[k:], pats[1:]) for k in range(len(parts) + 1))
+        return bool(parts) and fnmatch.fnmatchcase(parts[0], pats[0]) and match(parts[1:], pats[1:])
+
+    return match(name.split("."), pattern.split("."))
+
+
 def find_module(model: nn.Module, name: str, what: str) -> nn.Module:
     """Return the submodule called ``name`` or raise a ValueError that lists close matches."""
     modules = dict(model.named_modules())
@@ -95,7 +118,9 @@ def resolve_layers(model: nn.Module, layers: str | Sequence[str], embedding_name
     """
     names = [n for n, _ in model.named_modules() if n]
     if layers == "auto":
-        return _auto_layers(model, embedding_name)
+        out = _auto_layers(model, embedding_name)
+        _warn_stacked_rnns(model, out)
+        return out
     if isinstance(layers, str):
         layers = [layers]
     if len(layers) == 0:
@@ -103,7 +128,7 @@ def resolve_layers(model: nn.Module, layers: str | Sequence[str], embedding_name
     out: list[str] = []
     for pattern in layers:
         if any(ch in pattern for ch in "*?["):
-            hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+            hits = [n for n in names if glob_match(n, pattern)]
             if not hits:
                 raise ValueError(
                     f"Layer pattern {pattern!r} matches no module. Close matches: "
@@ -114,7 +139,22 @@ def resolve_layers(model: nn.Module, layers: str | Sequence[str], embedding_name
             find_module(model, pattern, "layer")
             if pattern not in out:
                 out.append(pattern)
+    _warn_stacked_rnns(model, out)
     return out
+
+
+def _warn_stacked_rnns(model: nn.Module, layers: Sequence[str]) -> None:
+    """Warn for each watched ``nn.LSTM``/``nn.GRU``/``nn.RNN`` with ``num_layers > 1``."""
+    modules = dict(model.named_modules())
+    for n in layers:
+        m = modules[n]
+        if isinstance(m, _RNN_TYPES) and m.num_layers > 1:
+            log.warning(
+                "infoflow: %r is a stacked %s with num_layers=%d; its inner layers are hidden and only "
+                "its last layer's output can be watched. Build one module per layer (e.g. an "
+                "nn.ModuleList of single-layer %s) to see each layer.",
+                n, type(m).__name__, m.num_layers, type(m).__name__,
+            )
 
 
 def _auto_layers(model: nn.Module, embedding_name: str) -> list[str]:
@@ -125,14 +165,6 @@ def _auto_layers(model: nn.Module, embedding_name: str) -> list[str]:
         return stack[1]
     rnns = [(n, m) for n, m in model.named_modules() if isinstance(m, _RNN_TYPES)]
     if rnns:
-        for n, m in rnns:
-            if m.num_layers > 1:
-                log.warning(
-                    "infoflow: %r is a stacked %s with num_layers=%d; its inner layers are hidden and only "
-                    "its last layer's output can be watched. Build one module per layer (e.g. an "
-                    "nn.ModuleList of single-layer %s) to see each layer.",
-                    n, type(m).__name__, m.num_layers, type(m).__name__,
-                )
         log.info("infoflow: layers=auto chose the recurrent modules %s", [n for n, _ in rnns])
         return [n for n, _ in rnns]
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv1d)]
@@ -204,12 +236,15 @@ def call_model(model: nn.Module, batch: Batch) -> Any:
     return model(batch) if isinstance(batch, Tensor) else model(**batch)
 
 
-def find_batch_and_time_dims(single: Tensor, double: Tensor, seq_len: int) -> tuple[int, int | None]:
+def find_batch_and_time_dims(
+    single: Tensor, double: Tensor, seq_len: int, module: nn.Module | None = None
+) -> tuple[int, int | None]:
     """Locate the batch and time dimensions of a hidden state.
 
     ``single`` is the output for a batch of B sentences and ``double`` for 2B; the dimension that
-    doubled is the batch. The time dimension is the other one of length ``seq_len`` (nearest to the
-    batch dimension when several match), or None (e.g. pooled states).
+    doubled is the batch. The time dimension is the other one of length ``seq_len``, or None (e.g.
+    pooled states). When several dimensions have that length, a ``Conv1d`` output ``[B, C, T]`` takes
+    the last one and any other module the one nearest to the batch dimension (``[B, T, H]``, ``[T, B, H]``).
     """
     if single.dim() != double.dim():
         raise ValueError("a watched module returned outputs of different rank for different batch sizes")
@@ -221,5 +256,9 @@ def find_batch_and_time_dims(single: Tensor, double: Tensor, seq_len: int) -> tu
         )
     bdim = changed[0]
     candidates = [d for d in range(single.dim()) if d != bdim and single.shape[d] == seq_len]
-    tdim = min(candidates, key=lambda d: abs(d - bdim)) if candidates else None
+    if not candidates:
+        return bdim, None
+    if isinstance(module, nn.Conv1d):
+        return bdim, candidates[-1]
+    tdim = min(candidates, key=lambda d: abs(d - bdim))
     return bdim, tdim
