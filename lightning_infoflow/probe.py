@@ -56,7 +56,7 @@ def build_probe(
 
     Example::
 
-        >>> p = build_probe(["a b c", "d e"], tokenizer=lambda xs: [[1, 2, 3], [4, 5]])
+        >>> p = build_probe(["a b c", "d e"], tokenizer=lambda texts: [[1, 2, 3], [4, 5]])
         >>> p.batch["input_ids"].tolist(), p.tokens
         ([[1, 2, 3], [4, 5, 0]], [['a', 'b', 'c'], ['d', 'e']])
     """
@@ -94,8 +94,11 @@ def build_probe(
     return Probe(batch, _labels(batch, tokenizer, texts))
 
 
-def _pad(rows: list[Tensor], pad_token_id: int) -> dict[str, Tensor]:
+def _pad(rows: list[Tensor], pad_token_id: int) -> Batch:
+    """Stack rows of ids; a bare tensor when they have one length, else ids plus ``attention_mask``."""
     length = max(int(r.numel()) for r in rows)
+    if all(int(r.numel()) == length for r in rows):
+        return torch.stack([r.flatten().long() for r in rows])
     ids = torch.full((len(rows), length), pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(rows), length), dtype=torch.long)
     for i, r in enumerate(rows):

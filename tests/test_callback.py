@@ -1,0 +1,323 @@
+"""InfoFlowCallback: schedule, logging to every logger, resume, isolation from training, errors."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import os
+import struct
+from typing import Any
+from unittest import mock
+
+import lightning.pytorch as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger, WandbLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.data import DataLoader
+
+from lightning_infoflow import InfoFlowCallback, InfoFlowResult
+from lightning_infoflow.callback import log_spaced_steps
+
+from lit_helpers import TinyClassifier, loaders, make_data, probe_ids
+
+FAST = dict(steps=4, warm_steps=2, samples=2, progress=False)
+
+
+def _trainer(tmp_path, callbacks, logger=None, **kw: Any) -> L.Trainer:
+    defaults = dict(
+        max_steps=12, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+        logger=logger if logger is not None else CSVLogger(tmp_path), default_root_dir=tmp_path,
+        callbacks=callbacks, num_sanity_val_steps=0,
+    )
+    defaults.update(kw)
+    return L.Trainer(**defaults)
+
+
+def _analysed_steps(cb: InfoFlowCallback) -> list[int]:
+    return list(cb._history_steps)
+
+
+def test_log_spaced_steps():
+    assert log_spaced_steps(1) == []
+    assert log_spaced_steps(500) == [1, 2, 5, 10, 20, 50, 100, 200]
+
+
+def test_schedule_once_per_optimizer_step_with_accumulation(tmp_path):
+    cb = InfoFlowCallback(probe_ids(), every_n_train_steps=4, **FAST)
+    trainer = _trainer(tmp_path, [cb], max_steps=9, accumulate_grad_batches=2)
+    tl, vl = loaders()
+    trainer.fit(TinyClassifier(), tl, vl)
+    # step 0 before training, log-spaced 1 and 2, every 4, and the end (9); each exactly once
+    assert _analysed_steps(cb) == [0, 1, 2, 4, 8, 9]
+
+
+def test_scalars_reach_csv_and_callback_metrics(tmp_path):
+    cb = InfoFlowCallback(probe_ids(), every_n_train_steps=5, log_spaced=False, **FAST)
+    logger = CSVLogger(tmp_path)
+    trainer = _trainer(tmp_path, [cb], logger=logger, max_steps=10)
+    tl, vl = loaders()
+    trainer.fit(TinyClassifier(), tl, vl)
+    rows = list(csv.DictReader(open(os.path.join(logger.log_dir, "metrics.csv"))))
+    key = "infoflow/information/model.rnns.1"
+    steps = [int(r["step"]) for r in rows if r.get(key)]
+    assert steps == [0, 5, 10]
+    for measure in ("information", "entropy", "effective_words", "loss"):
+        for layer in ("model.rnns.0", "model.rnns.1"):
+            assert f"infoflow/{measure}/{layer}" in trainer.callback_metrics
+    assert float(trainer.callback_metrics["infoflow/analysis_seconds"]) > 0
+    pngs = glob.glob(os.path.join(logger.log_dir, "infoflow", "images", "*.png"))
+    assert any("heatmap" in p for p in pngs) and any("curves" in p for p in pngs)
+    # raw results load without this package's classes
+    raw = sorted(glob.glob(os.path.join(logger.log_dir, "infoflow", "results", "*.pt")))
+    assert [os.path.basename(p) for p in raw] == ["step_00000000.pt", "step_00000005.pt", "step_00000010.pt"]
+    data = torch.load(raw[-1], weights_only=True)
+    assert data["meta"]["step"] == 10 and data["layer_names"] == ["model.rnns.0", "model.rnns.1"]
+    assert data["sigma"].shape == (2, 4, 8) and len(data["tokens"]) == 4
+    assert torch.allclose(InfoFlowResult.load(raw[-1]).layer_information, cb.last_result.layer_information)
+
+
+def test_tensorboard_scalars_layout_and_images(tmp_path):
+    cb = InfoFlowCallback(probe_ids(), every_n_train_steps=6, log_spaced=False, max_heatmaps=2, **FAST)
+    logger = TensorBoardLogger(tmp_path)
+    trainer = _trainer(tmp_path, [cb], logger=logger, max_steps=6)
+    tl, vl = loaders()
+    trainer.fit(TinyClassifier(), tl, vl)
+    acc = EventAccumulator(logger.log_dir, size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    assert "infoflow/information/model.rnns.0" in tags["scalars"]
+    assert [e.step for e in acc.Scalars("infoflow/information/model.rnns.0")] == [0, 6]
+    assert {"infoflow/heatmap/sentence_0", "infoflow/heatmap/sentence_1", "infoflow/curves"} <= set(tags["images"])
+    assert "infoflow/heatmap/sentence_2" not in tags["images"]
+    # the custom-scalars layout is a tensor summary under its plugin tag
+    from tensorboard.plugins.custom_scalar import layout_pb2, metadata
+
+    layout = layout_pb2.Layout()
+    layout.ParseFromString(acc.Tensors(metadata.CONFIG_SUMMARY_TAG)[0].tensor_proto.string_val[0])
+    charts = [c for cat in layout.category for c in cat.chart]
+    assert any("^infoflow/information/.*" in c.multiline.tag for c in charts)
+
+
+def _wandb_history(run_dir: str) -> list[dict[str, str]]:
+    """Read the history records of an offline W&B run (LevelDB-log framed protobuf records)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = open(glob.glob(os.path.join(run_dir, "*.wandb"))[0], "rb").read()
+    block, pos, records, buf = 32768, 7, [], b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:
+            pos += block - pos % block
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        pos += 7
+        if kind == 0 and length == 0:
+            break
+        chunk, pos = data[pos : pos + length], pos + length
+        if kind == 1:
+            records.append(chunk)
+        elif kind == 2:
+            buf = chunk
+        elif kind == 3:
+            buf += chunk
+        elif kind == 4:
+            records.append(buf + chunk)
+    history = []
+    for raw in records:
+        rec = pb.Record()
+        rec.ParseFromString(raw)
+        if rec.WhichOneof("record_type") == "history":
+            history.append({(i.key or "/".join(i.nested_key)): i.value_json for i in rec.history.item})
+    return history
+
+
+def test_wandb_offline_scalars_and_images(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")  # installed by the [test] extra
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cb = InfoFlowCallback(probe_ids(), every_n_train_steps=6, log_spaced=False, max_heatmaps=1, **FAST)
+    logger = WandbLogger(save_dir=str(tmp_path), offline=True, project="infoflow-test")
+    trainer = _trainer(tmp_path, [cb], logger=logger, max_steps=6)
+    tl, vl = loaders()
+    trainer.fit(TinyClassifier(), tl, vl)
+    run_dir = logger.experiment.dir.rsplit(os.sep, 1)[0]
+    wandb.finish()
+    wandb.teardown()  # flushes the offline run file
+    history = _wandb_history(run_dir)
+    scalar_rows = [h for h in history if "infoflow/information/model.rnns.0" in h]
+    assert [int(float(h["trainer/global_step"])) for h in scalar_rows] == [0, 6]
+    image_rows = [h for h in history if "infoflow/heatmap/sentence_0/_type" in h]
+    assert len(image_rows) == 2 and "caption" in str(image_rows[0])
+    assert glob.glob(os.path.join(run_dir, "files", "media", "images", "infoflow", "heatmap", "*.png"))
+
+
+def test_mlflow_gets_figures(tmp_path):
+    logger = mock.create_autospec(MLFlowLogger, instance=True)
+    logger.run_id = "run"
+    logger.save_dir = str(tmp_path)
+    logger.experiment_id = "0"
+    logger.log_dir = None
+    from lightning_infoflow.sinks import Sinks
+    from matplotlib.figure import Figure
+
+    fig = Figure()
+    fig.subplots().plot([0, 1])
+    Sinks().log_figures([logger], {"infoflow/curves": (fig, "c")}, step=3, fallback_dir=str(tmp_path))
+    logger.experiment.log_figure.assert_called_once_with("run", fig, "infoflow__curves_step00000003.png")
+
+
+def _train_weights(tmp_path, callback: bool, **kw: Any) -> dict[str, torch.Tensor]:
+    L.seed_everything(7)
+    model = TinyClassifier(dropout=0.5)
+    cbs = [InfoFlowCallback(probe_ids(), every_n_train_steps=3, **FAST)] if callback else []
+    trainer = _trainer(tmp_path, cbs, max_steps=8, val_check_interval=4, **kw)
+    tl, vl = loaders()
+    trainer.fit(model, tl, vl)
+    torch_state = torch.get_rng_state()
+    return {**{k: v.clone() for k, v in model.state_dict().items()}, "_rng": torch_state}
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_training_is_bitwise_unchanged(tmp_path, accumulate):
+    without = _train_weights(tmp_path / "a", callback=False, accumulate_grad_batches=accumulate)
+    with_cb = _train_weights(tmp_path / "b", callback=True, accumulate_grad_batches=accumulate)
+    assert without.keys() == with_cb.keys()
+    for key in without:
+        assert torch.equal(without[key], with_cb[key]), key
+
+
+def test_modes_and_grads_left_alone(tmp_path):
+    seen = {}
+
+    class Spy(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            seen["modes"] = [m.training for m in pl_module.modules()]
+            seen["grads"] = [None if p.grad is None else p.grad.clone() for p in pl_module.parameters()]
+            seen["req"] = [p.requires_grad for p in pl_module.parameters()]
+
+    class Check(L.Callback):  # runs after InfoFlowCallback
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            assert [m.training for m in pl_module.modules()] == seen["modes"]
+            assert [p.requires_grad for p in pl_module.parameters()] == seen["req"]
+            for g, p in zip(seen["grads"], pl_module.parameters()):
+                assert (g is None and p.grad is None) or torch.equal(g, p.grad)
+            seen["checked"] = seen.get("checked", 0) + 1
+
+    cb = InfoFlowCallback(probe_ids(), every_n_train_steps=1, log_spaced=False, **FAST)
+    trainer = _trainer(tmp_path, [Spy(), cb, Check()], max_steps=3)
+    tl, vl = loaders()
+    trainer.fit(TinyClassifier(), tl, vl)
+    assert seen["checked"] == 3 and _analysed_steps(cb) == [0, 1, 2, 3]
+
+
+def test_resume_continues_without_gap_or_repeat(tmp_path):
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=4, save_top_k=-1)
+    cb = InfoFlowCallback(probe_ids(), every_n_train_steps=4, log_spaced=False, at_end=False, **FAST)
+    trainer = _trainer(tmp_path, [cb, ckpt], max_steps=8, enable_checkpointing=True)
+    tl, vl = loaders()
+    trainer.fit(TinyClassifier(), tl, vl)
+    assert _analysed_steps(cb) == [0, 4, 8]
+
+    resumed = InfoFlowCallback(probe_ids(), every_n_train_steps=4, log_spaced=False, at_end=False, **FAST)
+    ckpt2 = ModelCheckpoint(dirpath=tmp_path / "ckpt2", every_n_train_steps=4)
+    trainer2 = _trainer(tmp_path, [resumed, ckpt2], max_steps=12, enable_checkpointing=True)
+    trainer2.fit(TinyClassifier(), tl, vl, ckpt_path=str(tmp_path / "ckpt" / "epoch=0-step=4.ckpt"))
+    assert _analysed_steps(resumed) == [0, 4, 8, 12]  # history restored, step 4 not repeated
+    assert resumed.last_result.meta["warm_start"] is True
+    state = torch.load(tmp_path / "ckpt" / "epoch=0-step=4.ckpt", weights_only=True)
+    assert any(k.startswith("InfoFlowCallback") for k in state["callbacks"])
+
+
+def test_failure_is_reported_and_training_continues(tmp_path):
+    cb = InfoFlowCallback(probe_ids(), every_n_train_steps=2, log_spaced=False, **FAST)
+    real = cb.__class__._analyse
+    original_estimate = None
+    calls = {"n": 0}
+
+    def flaky(batch, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("simulated out of memory")
+        return original_estimate(batch, **kw)
+
+    class Patch(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            nonlocal original_estimate
+            original_estimate = cb._estimator.estimate
+            cb._estimator.estimate = flaky
+
+    trainer = _trainer(tmp_path, [Patch(), cb], max_steps=6)
+    tl, vl = loaders()
+    with pytest.warns(UserWarning, match="analysis at step .* failed .*simulated out of memory.*Training continues"):
+        trainer.fit(TinyClassifier(), tl, vl)
+    assert cb.failures == 1 and trainer.global_step == 6
+    assert _analysed_steps(cb) == [0, 4, 6]
+    del real
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "trainer_kw", "match"),
+    [
+        (dict(layers=["model.rnn.0"]), {}, r"Unknown layer module 'model.rnn.0'.*model.rnns.0"),
+        (dict(), dict(logger=False), "needs a logger"),
+        (dict(probe=torch.full((2, 4), 99)), {}, "model failed on the probe batch"),
+        (dict(probe=["a b"], tokenizer=lambda xs: [[] for _ in xs]), {}, "tokenizer returned no token ids"),
+        (dict(probe=["a b"]), {}, "no `tokenizer` was given"),
+        (dict(module="net"), {}, "no submodule of that name"),
+    ],
+)
+def test_bad_configuration_fails_in_setup(tmp_path, kwargs, trainer_kw, match):
+    kwargs = {"probe": probe_ids(), **FAST, **kwargs}
+    cb = InfoFlowCallback(**kwargs)
+    started = {"n": 0}
+
+    class Count(L.Callback):
+        def on_train_batch_start(self, *a):
+            started["n"] += 1
+
+    trainer = _trainer(tmp_path, [cb, Count()], **trainer_kw)
+    tl, vl = loaders()
+    with pytest.raises(ValueError, match=match):
+        trainer.fit(TinyClassifier(), tl, vl)
+    assert started["n"] == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(every_n_train_steps=0), "every_n_train_steps"),
+        (dict(steps=-1), "steps"),
+        (dict(samples=0), "samples"),
+        (dict(lam=0.0), "lam"),
+    ],
+)
+def test_constructor_validates(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        InfoFlowCallback(probe_ids(), **kwargs)
+
+
+def test_fast_dev_run_warns_and_stays_off(tmp_path):
+    cb = InfoFlowCallback(probe_ids(), **FAST)
+    trainer = L.Trainer(fast_dev_run=2, callbacks=[cb], enable_progress_bar=False, default_root_dir=tmp_path)
+    tl, vl = loaders()
+    with pytest.warns(UserWarning, match="off under fast_dev_run"):
+        trainer.fit(TinyClassifier(), tl, vl)
+    assert _analysed_steps(cb) == []
+
+
+def test_probe_from_dataset_and_dataloader(tmp_path):
+    data = make_data(10, seed=3)
+    for probe in (data, DataLoader(data, batch_size=4)):
+        cb = InfoFlowCallback(probe, num_sentences=6, every_n_train_steps=100, log_spaced=False, at_end=False, **FAST)
+        trainer = _trainer(tmp_path, [cb], max_steps=1)
+        tl, vl = loaders()
+        trainer.fit(TinyClassifier(), tl, vl)
+        assert cb.last_result.sigma.shape == (2, 6, 8)
+        assert torch.equal(cb._probe.input_ids, data.tensors[0][:6])
+
+
+def test_two_instances_have_distinct_state_keys():
+    a = InfoFlowCallback(probe_ids(), layers="model.rnns.0")
+    b = InfoFlowCallback(probe_ids(), layers="model.rnns.1")
+    assert a.state_key != b.state_key
