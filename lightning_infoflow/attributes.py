@@ -1,0 +1,536 @@
+"""Which attributes of a word a layer keeps: Eqs. 8-9 of Guan et al. (ICML 2019), Sec. 3.3 and Fig. 8.
+
+A *concept* ``c`` is a named set of words (e.g. "negative emotion": sadness, grief, misery, ...). For a
+word ``x_i`` of a probe sentence and the Gaussian ``p(x~_i | s) = N(x_i, sigma_i^2 I)`` that the estimator
+learned for each layer,
+
+    A_i = log p(x_i | s)              - E_{x' ~ vocabulary} log p(x' | s)        (Eq. 8)
+    A_c = E_{x' in c} log p(x' | s)   - E_{x' ~ vocabulary} log p(x' | s)        (Eq. 9)
+    r_{i,c} = A_i - A_c
+
+``r_{i,c}`` is the information of the word that remains once the common attribute ``c`` is taken away: a
+small ``r`` means the layer's state is about as confident of the concept's words as of the word itself.
+
+With the isotropic Gaussian the constants cancel and ``r_{i,c} = E_{x' in c} ||x' - x_i||^2 / (2 sigma_i^2)``:
+within a layer the order of the concepts is set by the embedding geometry, and the layer scales every
+concept by ``1 / sigma_i^2`` (the paper's Fig. 8 shows exactly this: curves that fall together through the
+layers, a model's concepts separated by a constant factor). ``likelihood="state"`` instead scores each
+candidate word by how well the layer's state is reproduced when it replaces ``x_i``,
+``log p(x' | s) = -||Phi(x with x_i := x') - s||^2 / lam`` (per hidden unit normalised by its variance over
+the probe, as in Eq. 7): the likelihood behind the MLE term of Eq. 5, which equals the Gaussian one for
+a linear layer with isotropic Jacobian and otherwise sees *which directions* of the embedding a layer
+keeps. It costs one forward per candidate word and layer stack (batched).
+
+The expectation over the vocabulary runs over ``num_random`` (default 2,000) token embeddings drawn
+without replacement from the embedding matrix, leaving out special tokens (the tokenizer's special ids,
+tokens written ``[...]`` or ``<...>`` such as BERT's ``[unused17]``, and the embedding's ``padding_idx``);
+all of them when the vocabulary is smaller.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from lightning_infoflow import taps
+from lightning_infoflow.result import InfoFlowResult
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from lightning_infoflow.estimator import InfoFlowEstimator
+
+ConceptSpec = Union[Mapping[str, Union[Sequence[str], str]], str, "os.PathLike[str]"]
+ALL_WORDS = "*"
+_SPECIAL = re.compile(r"^(\[.*\]|<.*>)$")
+
+__all__ = ["WordAttributes", "word_attributes", "load_concepts", "attribute_figure", "ALL_WORDS"]
+
+
+# ---------------------------------------------------------------------------------------------- concepts
+
+
+def load_concepts(source: ConceptSpec) -> dict[str, Union[list[str], str]]:
+    """Read concepts: a dict, a JSON / YAML file, or the name of a shipped set (``"sst2_example"``).
+
+    A file holds either ``{name: [words]}`` or ``{"concepts": {name: [words]}, ...}`` (other keys, e.g. a
+    description, are ignored). The value ``"*"`` (:data:`ALL_WORDS`) stands for the random vocabulary
+    sample itself, the baseline of Eqs. 8-9.
+
+    Raises:
+        ValueError: a malformed file, an empty concept, or words that are not strings.
+        FileNotFoundError: no such file or shipped set.
+
+    Example::
+
+        >>> concepts = load_concepts("sst2_example")
+        >>> sorted(concepts)[:2], "grief" in concepts["negative emotion"]
+        (['all words', 'negative adjective'], True)
+    """
+    if isinstance(source, Mapping):
+        data: Any = dict(source)
+    else:
+        path = os.fspath(source)
+        if not os.path.exists(path) and os.sep not in path and "." not in path:
+            from lightning_infoflow.concepts import EXAMPLE_CONCEPTS
+
+            shipped = EXAMPLE_CONCEPTS.with_name(f"{path}.json")
+            if not shipped.is_file():
+                raise FileNotFoundError(f"no concept file {path!r} and no shipped concept set of that name")
+            path = str(shipped)
+        with open(path, encoding="utf-8") as fh:
+            if path.endswith((".yaml", ".yml")):
+                try:
+                    import yaml
+                except ImportError as err:  # pragma: no cover - depends on the environment
+                    raise ImportError("reading YAML concepts needs PyYAML: pip install pyyaml") from err
+                data = yaml.safe_load(fh)
+            else:
+                data = json.load(fh)
+    if isinstance(data, Mapping) and isinstance(data.get("concepts"), Mapping):
+        data = data["concepts"]
+    if not isinstance(data, Mapping) or not data:
+        raise ValueError("concepts must be a non-empty mapping {name: [words]} (or {'concepts': {...}})")
+    out: dict[str, Union[list[str], str]] = {}
+    for name, words in data.items():
+        if words == ALL_WORDS:
+            out[str(name)] = ALL_WORDS
+            continue
+        if isinstance(words, str) or not isinstance(words, Sequence) or not words:
+            raise ValueError(f"concept {name!r} must be a non-empty list of words or {ALL_WORDS!r}, got {words!r}")
+        if not all(isinstance(w, str) and w.strip() for w in words):
+            raise ValueError(f"concept {name!r} holds entries that are not non-empty strings: {words!r}")
+        out[str(name)] = [w.strip() for w in words]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- vocabulary
+
+
+class _Vocab:
+    """Word -> token ids for a Hugging Face tokenizer, a ``{word: id}`` mapping or an ``id -> word`` list."""
+
+    def __init__(self, vocab: Any) -> None:
+        self.tokenizer = vocab if hasattr(vocab, "tokenize") and hasattr(vocab, "convert_tokens_to_ids") else None
+        if self.tokenizer is not None:
+            self.table: dict[str, int] = dict(self.tokenizer.get_vocab())
+            self.unk = getattr(self.tokenizer, "unk_token_id", None)
+            self.special = set(getattr(self.tokenizer, "all_special_ids", []) or [])
+        elif isinstance(vocab, Mapping):
+            self.table, self.unk, self.special = {str(k): int(v) for k, v in vocab.items()}, None, set()
+        elif isinstance(vocab, Sequence) and not isinstance(vocab, str):
+            self.table, self.unk, self.special = {str(w): i for i, w in enumerate(vocab)}, None, set()
+        else:
+            raise ValueError(
+                "`vocab` must be a Hugging Face tokenizer, a {word: id} mapping or a list of words indexed by id, "
+                f"got {type(vocab).__name__}"
+            )
+        self.special |= {i for w, i in self.table.items() if _SPECIAL.match(w)}
+        self.inverse = {i: w for w, i in self.table.items()}
+
+    def encode(self, word: str) -> Optional[list[int]]:
+        """Token ids of ``word`` (several for a split word), or None when the vocabulary lacks it."""
+        if self.tokenizer is None:
+            return [self.table[word]] if word in self.table else None
+        pieces = self.tokenizer.tokenize(word)
+        ids = [int(i) for i in self.tokenizer.convert_tokens_to_ids(pieces)]
+        if not ids or (self.unk is not None and self.unk in ids):
+            return None
+        return ids
+
+    def token_id(self, token: str) -> Optional[int]:
+        """Id of one token string exactly as the vocabulary writes it (a word piece such as ``##ness``)."""
+        return self.table.get(token)
+
+    def label(self, ids: Sequence[int]) -> str:
+        pieces = [self.inverse.get(int(i), f"<{int(i)}>") for i in ids]
+        return "".join(p[2:] if p.startswith("##") and k else (" " + p if k else p) for k, p in enumerate(pieces))
+
+
+# ---------------------------------------------------------------------------------------------- result
+
+
+@dataclass
+class WordAttributes:
+    """Eqs. 8-9 for one word of one probe sentence, every layer and every concept.
+
+    Attributes:
+        layer_names: one name per row (the estimator result's rows).
+        concepts: concept names, one per column.
+        word: the word as text (its word pieces joined).
+        sentence: index of the probe sentence.
+        positions: the word's positions in the sentence (several for a word split into word pieces).
+        word_attribute: ``A_i`` (Eq. 8), float64 ``[L]`` nats.
+        concept_attribute: ``A_c`` (Eq. 9), float64 ``[L, C]`` nats.
+        remaining: ``r_{i,c} = A_i - A_c``, float64 ``[L, C]`` nats.
+        sigma: the word's noise scale per layer ``[L]`` (for several pieces, ``sqrt(sum sigma_p^2) / P``).
+        concept_words: the words each concept was computed from (``["*"]`` for the random sample).
+        missing: per concept, words the vocabulary lacks (left out).
+        split: per concept, words that split into several word pieces, with their pieces.
+        split_policy: ``"average"`` (a split word is the mean of its pieces' embeddings) or ``"skip"``.
+        num_random: vocabulary embeddings the expectation over ``X_i`` ran over.
+        likelihood: ``"gaussian"`` (the paper's) or ``"state"``.
+    """
+
+    layer_names: list[str]
+    concepts: list[str]
+    word: str
+    sentence: int
+    positions: list[int]
+    word_attribute: Tensor
+    concept_attribute: Tensor
+    remaining: Tensor
+    sigma: Tensor
+    concept_words: dict[str, list[str]]
+    missing: dict[str, list[str]] = field(default_factory=dict)
+    split: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    split_policy: str = "average"
+    num_random: int = 0
+    likelihood: str = "gaussian"
+
+    def report(self) -> str:
+        """A few lines on what was left out or averaged, for logs."""
+        lines = [f"word {self.word!r} (sentence {self.sentence}, positions {self.positions}); "
+                 f"{self.num_random} random vocabulary words; likelihood={self.likelihood}"]
+        for c in self.concepts:
+            used = self.concept_words[c]
+            line = f"  {c}: " + ("the random sample" if used == [ALL_WORDS] else f"{len(used)} words")
+            if self.missing.get(c):
+                line += f"; not in the vocabulary (left out): {', '.join(self.missing[c])}"
+            if self.split.get(c):
+                verb = "averaged over pieces" if self.split_policy == "average" else "split, left out"
+                parts = ", ".join(f"{w}={'+'.join(p)}" for w, p in self.split[c].items())
+                line += f"; {verb}: {parts}"
+            lines.append(line)
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain tensors and primitives (``torch.save``-able, loads with ``weights_only=True``)."""
+        return {k: (v.clone() if isinstance(v, Tensor) else v) for k, v in self.__dict__.items()}
+
+
+# ---------------------------------------------------------------------------------------------- computation
+
+
+def _embedding_matrix(source: Any) -> tuple[Tensor, Optional[int]]:
+    from lightning_infoflow.estimator import InfoFlowEstimator
+
+    if isinstance(source, InfoFlowEstimator):
+        module = source._embedding
+        if not isinstance(module, nn.Embedding):
+            raise ValueError(
+                f"the estimator's embedding module {source.embedding_name!r} is a {type(module).__name__}, not an "
+                "nn.Embedding, so its vocabulary embeddings are unknown; pass the vocabulary embeddings [V, K] in the "
+                "space where the noise was added instead of the estimator"
+            )
+        source = module
+    if isinstance(source, nn.Embedding):
+        return source.weight.detach(), source.padding_idx
+    if isinstance(source, Tensor) and source.dim() == 2:
+        return source.detach(), None
+    raise ValueError(
+        "the first argument must be an InfoFlowEstimator, an nn.Embedding or a [V, K] tensor of vocabulary "
+        f"embeddings, got {type(source).__name__}"
+    )
+
+
+def _word_ids(result: InfoFlowResult, sentence: int, positions: list[int], vocab: _Vocab,
+              batch: Optional[taps.Batch]) -> list[int]:
+    if batch is not None:
+        ids = taps.input_ids_of(batch)
+        return [int(ids[sentence, p]) for p in positions]
+    if result.tokens is not None:
+        out = []
+        for p in positions:
+            token = result.tokens[sentence][p]
+            i = vocab.token_id(token)
+            if i is None:
+                raise ValueError(f"token {token!r} at position {p} is not in the vocabulary; pass batch=")
+            out.append(i)
+        return out
+    raise ValueError("the result holds no tokens: pass batch= (the probe batch given to estimate) for the word's ids")
+
+
+def _concept_vectors(concepts: dict[str, Union[list[str], str]], vocab: _Vocab, matrix: Tensor, split: str
+                     ) -> tuple[dict[str, Optional[Tensor]], dict[str, list[str]], dict[str, list[str]],
+                                dict[str, dict[str, list[str]]]]:
+    vectors: dict[str, Optional[Tensor]] = {}
+    used: dict[str, list[str]] = {}
+    missing: dict[str, list[str]] = {}
+    pieces: dict[str, dict[str, list[str]]] = {}
+    for name, words in concepts.items():
+        if words == ALL_WORDS:
+            vectors[name], used[name] = None, [ALL_WORDS]
+            continue
+        rows, ok = [], []
+        for w in words:
+            ids = vocab.encode(w)
+            if ids is None or any(i >= matrix.shape[0] for i in ids):
+                missing.setdefault(name, []).append(w)
+                continue
+            if len(ids) > 1:
+                pieces.setdefault(name, {})[w] = [vocab.inverse.get(i, str(i)) for i in ids]
+                if split == "skip":
+                    continue
+            rows.append(matrix[ids].double().mean(0))
+            ok.append(w)
+        if not rows:
+            raise ValueError(
+                f"concept {name!r} has no usable word: not in the vocabulary {missing.get(name, [])}, "
+                f"split and skipped {list(pieces.get(name, {}))}"
+            )
+        vectors[name], used[name] = torch.stack(rows), ok
+    return vectors, used, missing, pieces
+
+
+def _random_ids(matrix: Tensor, vocab: _Vocab, padding_idx: Optional[int], num_random: int, seed: int) -> Tensor:
+    allowed = torch.ones(matrix.shape[0], dtype=torch.bool)
+    for i in vocab.special | ({padding_idx} if padding_idx is not None else set()):
+        if 0 <= i < matrix.shape[0]:
+            allowed[i] = False
+    pool = allowed.nonzero().flatten()
+    if len(pool) <= num_random:
+        return pool
+    gen = torch.Generator().manual_seed(seed)
+    return pool[torch.randperm(len(pool), generator=gen)[:num_random]].sort().values
+
+
+def _gaussian_log_p(candidates: Tensor, centre: Tensor, sig2: Tensor) -> Tensor:
+    """``log N(x'; centre, sig2 I)`` for every layer and candidate: ``[L, N]`` (float64)."""
+    k = centre.shape[-1]
+    d2 = (candidates - centre).pow(2).sum(-1)  # [N]
+    return -0.5 * k * torch.log(2 * math.pi * sig2).unsqueeze(1) - d2.unsqueeze(0) / (2 * sig2.unsqueeze(1))
+
+
+def _state_log_p(est: "InfoFlowEstimator", result: InfoFlowResult, batch: taps.Batch, sentence: int,
+                 position: int, candidates: Tensor, chunk: int) -> Tensor:
+    """``-||Phi(x with x_i := x') - s||^2 / lam`` per layer and candidate: ``[L, N]`` (float64)."""
+    from lightning_infoflow.baselines import LayerProbe, model_as_found
+
+    model = est.model
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    full = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()} \
+        if isinstance(batch, Mapping) else batch.to(device)
+    mask = result.mask.to(device)
+    bsz = mask.shape[0]
+    with model_as_found(model, device), torch.no_grad():
+        probe = LayerProbe(model, full, mask, est.layer_names, est._embedding, est.position)
+        if [r.name for r in probe.rows] != list(result.layer_names):
+            raise ValueError(f"the estimator's rows {[r.name for r in probe.rows]} differ from the result's "
+                             f"{result.layer_names}; pass the estimator and batch that produced the result")
+        inv_std = {n: probe.inv_std(n) for n in probe.modules}
+        one = taps.map_batch(full, lambda t: t[sentence:sentence + 1], bsz)
+        single = LayerProbe(model, one, mask[sentence:sentence + 1], est.layer_names, est._embedding, est.position)
+        out = torch.zeros(len(single.rows), candidates.shape[0], dtype=torch.float64)
+        for a in range(0, candidates.shape[0], chunk):
+            cand = candidates[a:a + chunk].to(device=device, dtype=single.x.dtype)
+            x = single.x.repeat(cand.shape[0], 1, 1)
+            x[:, position] = cand
+            states = single.states(x)
+            for g, row in enumerate(single.rows):
+                s, m = single.select(g, states)
+                diff = (s - single.clean[row.module_name]) * inv_std[row.module_name]
+                err = (diff.pow(2).sum(-1) * m).sum(-1)
+                out[g, a:a + cand.shape[0]] = (-err / est.lam).double().cpu()
+    return out
+
+
+def word_attributes(
+    source: Union["InfoFlowEstimator", nn.Embedding, Tensor],
+    result: InfoFlowResult,
+    sentence: int,
+    word: Union[int, Sequence[int]],
+    concepts: ConceptSpec,
+    vocab: Any,
+    *,
+    batch: Optional[taps.Batch] = None,
+    num_random: int = 2000,
+    seed: int = 0,
+    split: Literal["average", "skip"] = "average",
+    likelihood: Literal["gaussian", "state"] = "gaussian",
+    chunk_size: int = 256,
+) -> WordAttributes:
+    """``A_i`` (Eq. 8), ``A_c`` (Eq. 9) and ``r_{i,c} = A_i - A_c`` for one word, every layer and concept.
+
+    Args:
+        source: where the vocabulary embeddings come from: the :class:`~lightning_infoflow.InfoFlowEstimator`
+            that produced ``result`` (its embedding module must be an ``nn.Embedding``), an ``nn.Embedding``,
+            or a ``[V, K]`` tensor in the space where the noise was added.
+        result: the estimator's result for the probe batch.
+        sentence: index of the probe sentence.
+        word: the word's position in the sentence, or the positions of its word pieces (then the word is the
+            mean of its pieces' embeddings, with variance ``sum_p sigma_p^2 / P^2``).
+        concepts: ``{name: [words]}``, a JSON / YAML file or a shipped set's name (see :func:`load_concepts`).
+        vocab: a Hugging Face tokenizer, a ``{word: id}`` mapping or a list of words indexed by id. With a
+            tokenizer a concept word that splits into word pieces is averaged over them (``split="average"``)
+            or left out (``split="skip"``); either way it is listed in ``WordAttributes.split``. Words the
+            vocabulary lacks (or that a tokenizer maps to its unknown token) are listed in ``missing``.
+        batch: the probe batch given to ``estimate``: the word's token ids are read from it (otherwise from
+            ``result.tokens`` through ``vocab``). Required for ``likelihood="state"``.
+        num_random: vocabulary words drawn for the expectation over ``X_i`` (all when the vocabulary is smaller).
+        seed: seed of that draw.
+        split: ``"average"`` or ``"skip"`` for concept words made of several word pieces.
+        likelihood: ``"gaussian"`` (the paper: ``N(x_i, sigma_i^2 I)``) or ``"state"`` (how well the layer's
+            state is reproduced with the candidate word in place of ``x_i``; ``source`` must be the estimator,
+            one position only). See the module docstring.
+        chunk_size: candidate words per forward for ``likelihood="state"``.
+
+    Returns:
+        A :class:`WordAttributes` with ``remaining`` and ``concept_attribute`` ``[L, C]``.
+
+    Raises:
+        ValueError: a padded or out-of-range position, a concept with no usable word, an embedding dimension
+            that differs from the result's, or ``likelihood="state"`` without the estimator and batch.
+
+    Example::
+
+        >>> import torch
+        >>> from torch import nn
+        >>> from lightning_infoflow import InfoFlowEstimator
+        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+        <torch._C.Generator object at ...>
+        >>> words = ["<pad>", "sad", "grief", "film", "movie", "unhappiness", "tension", "and", "domestic"]
+        >>> model = nn.Sequential(nn.Embedding(len(words), 8), nn.Linear(8, 8), nn.Tanh())
+        >>> ids = torch.tensor([[8, 6, 7, 5]])
+        >>> est = InfoFlowEstimator(model, layers=["1", "2"], embedding="0", steps=0)
+        >>> res = est.estimate(ids)
+        >>> attrs = word_attributes(est, res, sentence=0, word=3, batch=ids, vocab=words,
+        ...                         concepts={"emotion": ["sad", "grief"], "noun": ["film", "movie"]})
+        >>> attrs.concepts, tuple(attrs.remaining.shape), attrs.word
+        (['emotion', 'noun'], (2, 2), 'unhappiness')
+    """
+    if likelihood not in ("gaussian", "state"):
+        raise ValueError(f"`likelihood` must be 'gaussian' or 'state', got {likelihood!r}")
+    if split not in ("average", "skip"):
+        raise ValueError(f"`split` must be 'average' or 'skip', got {split!r}")
+    if not (isinstance(num_random, int) and num_random > 0):
+        raise ValueError(f"`num_random` must be a positive int, got {num_random!r}")
+    n_sent, seq = result.mask.shape
+    if not -n_sent <= sentence < n_sent:
+        raise ValueError(f"sentence {sentence} is outside the result's {n_sent} sentences")
+    sentence %= n_sent
+    positions = [word] if isinstance(word, int) else [int(p) for p in word]
+    if not positions or any(not -seq <= p < seq for p in positions):
+        raise ValueError(f"word position(s) {positions} are outside the sentence length {seq}")
+    positions = [p % seq for p in positions]
+    padded = [p for p in positions if not bool(result.mask[sentence, p])]
+    if padded:
+        raise ValueError(f"position(s) {padded} of sentence {sentence} are padding")
+
+    matrix, padding_idx = _embedding_matrix(source)
+    if matrix.shape[1] != result.embedding_dim:
+        raise ValueError(f"the vocabulary embeddings have dimension {matrix.shape[1]}, the result "
+                         f"{result.embedding_dim}; pass the embeddings of the space where the noise was added")
+    matrix = matrix.detach().cpu()
+    voc = _Vocab(vocab)
+    concept_map = load_concepts(concepts)
+    ids = _word_ids(result, sentence, positions, voc, batch)
+    centre = matrix[ids].double().mean(0)
+    vectors, used, missing, pieces = _concept_vectors(concept_map, voc, matrix, split)
+    random_ids = _random_ids(matrix, voc, padding_idx, num_random, seed)
+    random_vecs = matrix[random_ids].double()
+    names = list(concept_map)
+    sizes = [0 if vectors[c] is None else vectors[c].shape[0] for c in names]  # type: ignore[union-attr]
+    candidates = torch.cat([centre.unsqueeze(0), random_vecs] + [v for v in vectors.values() if v is not None])
+
+    sigma = result.sigma[:, sentence, positions].double()  # [L, P]
+    sig2 = sigma.pow(2).sum(-1) / len(positions) ** 2
+    if likelihood == "gaussian":
+        log_p = _gaussian_log_p(candidates, centre, sig2)
+    else:
+        from lightning_infoflow.estimator import InfoFlowEstimator
+
+        if not isinstance(source, InfoFlowEstimator) or batch is None:
+            raise ValueError("likelihood='state' needs the estimator as `source` and the probe `batch`")
+        if len(positions) != 1:
+            raise ValueError("likelihood='state' replaces one word: pass one position (e.g. one word piece)")
+        log_p = _state_log_p(source, result, batch, sentence, positions[0], candidates, chunk_size)
+
+    own, rand = log_p[:, 0], log_p[:, 1:1 + len(random_ids)].mean(1)
+    cols, offset = [], 1 + len(random_ids)
+    for c, n in zip(names, sizes):
+        if n == 0:
+            cols.append(rand)
+        else:
+            cols.append(log_p[:, offset:offset + n].mean(1))
+            offset += n
+    concept_lp = torch.stack(cols, dim=1)  # [L, C]
+    a_word = own - rand
+    a_concept = concept_lp - rand.unsqueeze(1)
+    return WordAttributes(
+        layer_names=list(result.layer_names),
+        concepts=names,
+        word=voc.label(ids),
+        sentence=sentence,
+        positions=positions,
+        word_attribute=a_word,
+        concept_attribute=a_concept,
+        remaining=a_word.unsqueeze(1) - a_concept,
+        sigma=sig2.sqrt().float(),
+        concept_words=used,
+        missing=missing,
+        split=pieces,
+        split_policy=split,
+        num_random=len(random_ids),
+        likelihood=likelihood,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- figure
+
+
+def attribute_figure(
+    attrs: Union[WordAttributes, Sequence[WordAttributes]],
+    *,
+    titles: Optional[Sequence[str]] = None,
+    log_scale: bool = False,
+    width: float = 3.6,
+    height: float = 3.0,
+) -> "Figure":
+    """Fig. 8 of the paper: ``r_{i,c}`` against the layer, one line per concept, one panel per result.
+
+    Pass several :class:`WordAttributes` (e.g. one per model) to get panels side by side. Built on
+    ``matplotlib.figure.Figure`` without pyplot state; the caller saves or logs it.
+
+    Example::
+
+        >>> import torch
+        >>> a = WordAttributes(["l0", "l1"], ["noun", "emotion"], "unhappiness", 0, [3],
+        ...                    torch.tensor([4.0, 2.0]), torch.tensor([[1.0, 3.0], [0.5, 1.5]]),
+        ...                    torch.tensor([[3.0, 1.0], [1.5, 0.5]]), torch.ones(2),
+        ...                    {"noun": ["film"], "emotion": ["sad"]})
+        >>> fig = attribute_figure(a)
+        >>> len(fig.axes), len(fig.axes[0].lines)
+        (1, 2)
+    """
+    from matplotlib.figure import Figure
+
+    items = [attrs] if isinstance(attrs, WordAttributes) else list(attrs)
+    if not items:
+        raise ValueError("attribute_figure needs at least one WordAttributes")
+    if titles is not None and len(titles) != len(items):
+        raise ValueError(f"{len(titles)} titles for {len(items)} panels")
+    fig = Figure(figsize=(width * len(items), height), layout="constrained")
+    axes = fig.subplots(1, len(items), squeeze=False)[0]
+    for k, (ax, a) in enumerate(zip(axes, items)):
+        layers = range(1, len(a.layer_names) + 1)
+        for c, name in enumerate(a.concepts):
+            ax.plot(layers, a.remaining[:, c].numpy(), marker="o", markersize=3, label=name)
+        ax.set_xticks(list(layers))
+        ax.set_xlabel("layer")
+        if k == 0:
+            ax.set_ylabel(r"$r_{i,c}$ (nats)")
+        if log_scale:
+            ax.set_yscale("log")
+        ax.set_title(titles[k] if titles is not None else f"'{a.word}'")
+        ax.grid(alpha=0.3)
+    axes[-1].legend(fontsize="small", frameon=False)
+    return fig

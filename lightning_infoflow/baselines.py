@@ -1,0 +1,622 @@
+"""Baseline saliency maps of hidden states with respect to input words, for comparison with Eq. 7.
+
+Sec. 4 of Guan et al. (2019) compares the information measure with three families of saliency methods.
+:func:`saliency` computes them for the same layers, probe sentences and time steps as
+:class:`~lightning_infoflow.InfoFlowEstimator` and returns the same ``[L, B, T]`` layout:
+
+``"gradient"`` (Li et al., 2015)
+    mean over the embedding dimensions of ``|d f(s) / d x_i|``.
+``"integrated_gradients"`` (Sundararajan et al., 2017; Captum's ``IntegratedGradients``)
+    ``|sum_k IG_ik|`` from an all-zero embedding to ``x`` (padding held fixed).
+``"perturbation"`` (Fong & Vedaldi, 2017, the sentence treated as a 1-D image)
+    a per-word mask ``m`` in [0, 1] is learned so that the embeddings, each mixed with a blurred (or
+    zeroed) version as ``x0 + m * (x - x0)``, still produce the layer's clean state, with an L1 price on
+    ``m`` and a total-variation term along the sentence. The saliency is ``m`` (the preservation game).
+``"lrp"`` (Bach et al., 2015, as visualised by Ding et al., 2017; Captum's ``LRP``)
+    ``|sum_k R_ik|``. Captum's LRP has rules for ``Linear``, ``Conv2d``, pooling, ``BatchNorm2d`` and passes
+    through ``ReLU``, ``Tanh`` and ``Dropout``; a model with any other parametrised module between the
+    embedding and the layer (LSTM, LayerNorm, attention, ...) is refused with a ValueError naming it.
+
+**Target.** Gradient, integrated gradients and LRP need one scalar per sentence; the paper visualises the
+saliency of a hidden *state* (a vector) with respect to words. ``target="norm"`` (default) uses the
+Euclidean norm of the state ``s`` (the layer's output at the chosen time steps, padding excluded),
+``target="sum"`` the sum of its entries, and a callable ``f(state [B, T', F], mask [B, T']) -> [B]`` anything
+else. The perturbation method needs no scalar: it preserves the whole state (squared error of the state,
+per unit normalised by its variance over the probe, as in Eq. 7).
+
+**Leaving the model alone.** The model runs in eval mode and every submodule's ``training`` flag is
+restored; gradients are taken with ``torch.autograd.grad`` with respect to the embedding output only, so
+no parameter's ``.grad`` changes; hooks are removed in ``finally`` blocks; the global RNG is untouched.
+cuDNN refuses the backward of an RNN in eval mode, so on CUDA, for a model containing ``nn.LSTM`` /
+``nn.GRU`` / ``nn.RNN``, the computation runs under ``torch.backends.cudnn.flags(enabled=False)`` (slower
+native kernels, same numbers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Literal, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from lightning_infoflow import taps
+
+Method = Literal["gradient", "integrated_gradients", "perturbation", "lrp"]
+METHODS: tuple[str, ...] = ("gradient", "integrated_gradients", "perturbation", "lrp")
+Target = Union[Literal["norm", "sum"], Callable[[Tensor, Tensor], Tensor]]
+Position = Union[Literal["all", "each"], int, Sequence[int]]
+
+
+@dataclass
+class SaliencyResult:
+    """Saliency of every watched layer's state with respect to every input word.
+
+    Attributes:
+        layer_names: one name per row, named as in :class:`~lightning_infoflow.InfoFlowResult`
+            (a module name, or ``"name@t"`` for one time step).
+        values: float32 ``[L, B, T]`` on the CPU, non-negative, NaN at padded positions.
+        mask: bool ``[B, T]``, True at real words.
+        method: one of :data:`METHODS`.
+        target: ``"norm"``, ``"sum"``, ``"callable"`` or, for the perturbation method, ``"state"``.
+        meta: settings used (steps, regularisation weights, ...).
+    """
+
+    layer_names: list[str]
+    values: Tensor
+    mask: Tensor
+    method: str
+    target: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sentence_total(self) -> Tensor:
+        """Sum of the saliency over the words of each sentence, ``[L, B]``."""
+        return torch.nansum(self.values, dim=-1)
+
+    @property
+    def layer_total(self) -> Tensor:
+        """Mean over sentences of the summed saliency per sentence, ``[L]``."""
+        return self.sentence_total.mean(dim=-1)
+
+
+# ---------------------------------------------------------------------------------------------- context
+
+
+class _StopForward(Exception):
+    """Raised after the deepest layer a computation needs: the rest of the model is skipped."""
+
+
+@contextmanager
+def model_as_found(model: nn.Module, device: torch.device) -> Iterator[None]:
+    """Eval mode and no cuDNN RNN kernels for the duration; ``training`` flags and the global RNG restored.
+
+    cuDNN's RNN backward only runs in training mode ("cudnn RNN backward can only be called in training
+    mode"), so on CUDA a model with a recurrent module runs with cuDNN disabled.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    has_rnn = any(isinstance(m, nn.RNNBase) for m in model.modules())
+    cudnn = (torch.backends.cudnn.flags(enabled=False) if device.type == "cuda" and has_rnn
+             else contextlib.nullcontext())
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), cudnn:
+        try:
+            model.eval()
+            yield
+        finally:
+            for module, mode in modes:
+                module.training = mode
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _batch_mask(batch: taps.Batch, pad_token_id: Optional[int]) -> Tensor:
+    ids = taps.input_ids_of(batch)
+    if ids.dim() != 2 or ids.numel() == 0 or ids.is_floating_point():
+        raise ValueError(f"token ids must be a non-empty integer tensor [B, T], got {ids.dtype} {tuple(ids.shape)}")
+    attn = batch.get("attention_mask") if isinstance(batch, dict) else None
+    if isinstance(attn, Tensor):
+        mask = attn.bool()
+    elif pad_token_id is not None:
+        mask = ids != pad_token_id
+    else:
+        mask = torch.ones_like(ids, dtype=torch.bool)
+    empty = (~mask.any(dim=1)).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(f"probe sentence(s) {empty} are all padding; remove them from the batch")
+    return mask
+
+
+def _to(batch: taps.Batch, device: torch.device) -> taps.Batch:
+    if isinstance(batch, Tensor):
+        return batch.to(device)
+    return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+
+# ---------------------------------------------------------------------------------------------- probe
+
+
+@dataclass
+class _Row:
+    """One output row: a watched module and the time step that forms the state (None: all of them)."""
+
+    name: str
+    module_name: str
+    position: Optional[int]
+
+
+class LayerProbe:
+    """Runs a model with its embedding output replaced and reads the watched layers' states.
+
+    The shared machinery of the baselines and of :func:`~lightning_infoflow.word_attributes` with
+    ``likelihood="state"``: layers and embedding are resolved with :mod:`lightning_infoflow.taps` exactly as
+    the estimator resolves them, each layer's output is laid out ``[N, T', F]`` (batch and time located by
+    comparing a forward on ``B`` and on ``2B`` sentences), and :meth:`states` runs ``N = copies * B`` rows
+    (row ``r`` is sentence ``r % B``) with the embedding output replaced by ``x``.
+
+    Args:
+        model: the network, called as in training.
+        batch: the probe batch (on the model's device).
+        mask: bool ``[B, T]`` of real words.
+        layers: resolved module names to watch.
+        embedding_module: the module whose output is the word embeddings.
+        position: which time steps form the state, as for the estimator.
+    """
+
+    def __init__(self, model: nn.Module, batch: taps.Batch, mask: Tensor, layers: Sequence[str],
+                 embedding_module: nn.Module, position: Position = "all") -> None:
+        self.model = model
+        self.batch = batch
+        self.mask = mask
+        self.bsz, self.seq = mask.shape
+        self.embedding = embedding_module
+        self.modules = {n: taps.find_module(model, n, "layer") for n in layers}
+        self.x, single, self.order = self._forward_clean(batch, self.bsz)
+        _, double, _ = self._forward_clean(taps.repeat_batch(batch, 2, self.bsz), 2 * self.bsz)
+        self.layout: dict[str, tuple[int, Optional[int], bool]] = {}
+        self.clean: dict[str, Tensor] = {}
+        for n in layers:
+            bdim, tdim = taps.find_batch_and_time_dims(single[n], double[n], self.seq)
+            state = self._lay_out(single[n], bdim, tdim).float()
+            self.layout[n] = (bdim, tdim, tdim is not None and state.shape[1] == self.seq)
+            self.clean[n] = state
+        self.rows = self._rows(layers, position)
+        self.state_masks = [self._state_mask(r) for r in self.rows]
+
+    # ----------------------------------------------------------------- set-up
+
+    @staticmethod
+    def _lay_out(t: Tensor, bdim: int, tdim: Optional[int]) -> Tensor:
+        n = t.shape[bdim]
+        if tdim is None:
+            return t.movedim(bdim, 0).reshape(n, 1, -1)
+        return t.movedim((bdim, tdim), (0, 1)).reshape(n, t.shape[tdim], -1)
+
+    def _forward_clean(self, batch: taps.Batch, bsz: int) -> tuple[Tensor, dict[str, Tensor], list[str]]:
+        emb: list[Tensor] = []
+        out: dict[str, Tensor] = {}
+        order: list[str] = []
+
+        def emb_hook(_m: nn.Module, _i: Any, output: Any) -> None:
+            t = taps.first_tensor(output)
+            if t.dim() != 3 or t.shape[0] != bsz:
+                raise ValueError(f"the embedding module returned shape {tuple(t.shape)}; expected [B, T, K]")
+            emb.append(t.detach())
+
+        def hook(name: str) -> Any:
+            def fn(_m: nn.Module, _i: Any, output: Any) -> None:
+                if name not in out:
+                    order.append(name)
+                    out[name] = taps.first_tensor(output).detach()
+            return fn
+
+        with ExitStack() as stack, torch.no_grad():
+            for h in [self.embedding.register_forward_hook(emb_hook)] + [
+                m.register_forward_hook(hook(n)) for n, m in self.modules.items()
+            ]:
+                stack.callback(h.remove)
+            taps.call_model(self.model, batch)
+        if not emb:
+            raise ValueError("the embedding module was not called by the model's forward; pass embedding=...")
+        missing = [n for n in self.modules if n not in out]
+        if missing:
+            raise ValueError(f"layer(s) {missing} were not called by the model's forward; check `layers`")
+        return emb[0], out, order
+
+    def _rows(self, layers: Sequence[str], position: Position) -> list[_Row]:
+        rows = []
+        for name in layers:
+            if position == "all":
+                rows.append(_Row(name, name, None))
+                continue
+            length = self.clean[name].shape[1]
+            if position == "each":
+                positions: Sequence[int] = range(length)
+            elif isinstance(position, int):
+                positions = [position]
+            else:
+                positions = list(position)  # type: ignore[arg-type]
+            for p in positions:
+                if not -length <= p < length:
+                    raise ValueError(f"position {p} is outside layer {name!r}'s {length} time steps")
+                rows.append(_Row(f"{name}@{p}", name, p))
+        return rows
+
+    def _state_mask(self, row: _Row) -> Tensor:
+        """``[B, T']``: 1 where the state has a time step that counts (padding and other steps are 0)."""
+        _, _, aligned = self.layout[row.module_name]
+        length = self.clean[row.module_name].shape[1]
+        device = self.mask.device
+        if row.position is None:
+            return self.mask.float() if aligned else torch.ones(self.bsz, length, device=device)
+        out = torch.zeros(self.bsz, length, device=device)
+        p = row.position
+        idx = self.mask.sum(1) + p if aligned and p < 0 else torch.full((self.bsz,), p % length, device=device)
+        out[torch.arange(self.bsz, device=device), idx.long().clamp(0, length - 1)] = 1.0
+        return out * self.mask.float() if aligned else out
+
+    def inv_std(self, module_name: str) -> Tensor:
+        """1 / std of each hidden unit over the probe's real time steps (floored as in the estimator)."""
+        state = self.clean[module_name]
+        aligned = self.layout[module_name][2]
+        flat = state[self.mask] if aligned else state.flatten(0, 1)
+        var = flat.var(dim=0, unbiased=False)
+        if float(var.mean()) <= 1e-6 * float(flat.pow(2).mean()):
+            var = flat.pow(2).mean().expand_as(var)
+        return var.clamp_min(1e-6 * float(var.mean()) + torch.finfo(torch.float32).tiny).rsqrt()
+
+    # ----------------------------------------------------------------- running
+
+    def states(self, x: Tensor, modules: Optional[Sequence[str]] = None,
+               extra_hooks: Sequence[tuple[nn.Module, Any]] = ()) -> dict[str, Tensor]:
+        """Run ``x.shape[0]`` rows (a multiple of B) with embedding output ``x``; states ``[N, T', F]``.
+
+        Only ``modules`` (default: all watched ones) are read, and the forward stops after the deepest.
+        ``extra_hooks`` are ``(module, forward_hook)`` pairs registered for this call only.
+        """
+        names = list(self.modules) if modules is None else list(modules)
+        deepest = max(names, key=self.order.index)
+        n = x.shape[0]
+        if n % self.bsz:
+            raise ValueError(f"{n} rows is not a multiple of the probe's {self.bsz} sentences")
+        batch = taps.repeat_batch(self.batch, n // self.bsz, self.bsz) if n != self.bsz else self.batch
+        got: dict[str, Tensor] = {}
+
+        def emb_hook(_m: nn.Module, _i: Any, output: Any) -> Any:
+            return taps.replace_first_tensor(output, x.to(taps.first_tensor(output).dtype))
+
+        def hook(name: str) -> Any:
+            def fn(_m: nn.Module, _i: Any, output: Any) -> None:
+                if name not in got:
+                    bdim, tdim, _ = self.layout[name]
+                    got[name] = self._lay_out(taps.first_tensor(output), bdim, tdim).float()
+                if name == deepest:
+                    raise _StopForward
+            return fn
+
+        with ExitStack() as stack:
+            handles = [self.embedding.register_forward_hook(emb_hook)]
+            handles += [m.register_forward_hook(f) for m, f in extra_hooks]
+            handles += [self.modules[nm].register_forward_hook(hook(nm)) for nm in names]
+            for h in handles:
+                stack.callback(h.remove)
+            try:
+                taps.call_model(self.model, batch)
+            except _StopForward:
+                pass
+        return got
+
+    def row_mask(self, g: int, n: int) -> Tensor:
+        """State mask of row ``g`` for ``n`` copies-of-batch rows: ``[n, T']``."""
+        sm = self.state_masks[g]
+        return sm.repeat(n // self.bsz, 1)
+
+    def select(self, g: int, states: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Row ``g``'s state ``[N, T', F]`` and its mask ``[N, T']``."""
+        s = states[self.rows[g].module_name]
+        return s, self.row_mask(g, s.shape[0])
+
+
+# ---------------------------------------------------------------------------------------------- targets
+
+
+def _scalar(target: Target) -> Callable[[Tensor, Tensor], Tensor]:
+    if callable(target):
+        return target
+    if target == "norm":
+        return lambda s, m: ((s.pow(2) * m.unsqueeze(-1)).sum(dim=(1, 2)) + 1e-12).sqrt()
+    if target == "sum":
+        return lambda s, m: (s * m.unsqueeze(-1)).sum(dim=(1, 2))
+    raise ValueError(f"`target` must be 'norm', 'sum' or a callable(state, mask) -> [B], got {target!r}")
+
+
+# ---------------------------------------------------------------------------------------------- methods
+
+
+def _gradient(probe: LayerProbe, f: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+    x = probe.x.detach().clone().requires_grad_(True)
+    out = []
+    with torch.enable_grad():
+        states = probe.states(x)
+        for g in range(len(probe.rows)):
+            value = f(*probe.select(g, states)).sum()
+            (grad,) = torch.autograd.grad(value, x, retain_graph=g < len(probe.rows) - 1, allow_unused=True)
+            grad = torch.zeros_like(x) if grad is None else grad
+            out.append(grad.abs().float().mean(-1))
+    return torch.stack(out)
+
+
+def _integrated_gradients(probe: LayerProbe, f: Callable[[Tensor, Tensor], Tensor], steps: int,
+                          internal_batch_size: Optional[int]) -> Tensor:
+    from captum.attr import IntegratedGradients
+
+    x = probe.x.detach()
+    baseline = x * (~probe.mask).unsqueeze(-1).to(x.dtype)  # zero at real words, padding held fixed
+    out = []
+    for g, row in enumerate(probe.rows):
+        def forward(xs: Tensor, g: int = g, module: str = row.module_name) -> Tensor:
+            return f(*probe.select(g, probe.states(xs, [module])))
+
+        ig = IntegratedGradients(forward)
+        with torch.enable_grad():
+            attr = ig.attribute(x, baselines=baseline, n_steps=steps, internal_batch_size=internal_batch_size)
+        out.append(attr.detach().float().sum(-1).abs())
+    return torch.stack(out)
+
+
+def _blurred(x: Tensor, mask: Tensor, sigma: float) -> Tensor:
+    """Gaussian blur of the embeddings along the sentence, over real words only: ``[B, T, K]``."""
+    t = torch.arange(x.shape[1], device=x.device, dtype=torch.float32)
+    w = torch.exp(-0.5 * ((t[:, None] - t[None, :]) / sigma) ** 2)  # [T, T]
+    w = w.unsqueeze(0) * mask.float().unsqueeze(1)  # only real words contribute
+    w = w / w.sum(-1, keepdim=True).clamp_min(1e-12)
+    return torch.einsum("bij,bjk->bik", w, x.float()).to(x.dtype)
+
+
+def _perturbation(probe: LayerProbe, steps: int, lr: float, l1: float, tv: float,
+                  fill: str, blur_sigma: float, seed: int) -> Tensor:
+    x = probe.x.detach()
+    mask = probe.mask
+    real = mask.float()
+    if fill == "blur":
+        x0 = _blurred(x, mask, blur_sigma)
+    elif fill == "zero":
+        x0 = torch.zeros_like(x)
+    elif fill == "mean":
+        x0 = ((x * real.unsqueeze(-1)).sum(1, keepdim=True) / real.sum(1).view(-1, 1, 1)).expand_as(x)
+    else:
+        raise ValueError(f"`mask_fill` must be 'blur', 'zero' or 'mean', got {fill!r}")
+    x0 = torch.where(mask.unsqueeze(-1), x0, x)  # padding is never perturbed
+    n_rows, bsz = len(probe.rows), probe.bsz
+    inv_std = {n: probe.inv_std(n) for n in probe.modules}
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    logits = (0.01 * torch.randn(n_rows, bsz, probe.seq, generator=gen)).to(x.device).requires_grad_(True)
+    opt = torch.optim.Adam([logits], lr=lr)
+    pairs = real[:, 1:] * real[:, :-1]
+    words = real.sum(1)
+    xr, x0r = x.repeat(n_rows, 1, 1), x0.repeat(n_rows, 1, 1)
+    for _ in range(steps):
+        with torch.enable_grad():
+            m = torch.sigmoid(logits) * real + (1 - real)  # [G, B, T]
+            xm = x0r + m.reshape(-1, probe.seq, 1).to(x.dtype) * (xr - x0r)
+            states = probe.states(xm)
+            loss = logits.new_zeros(())
+            for g, row in enumerate(probe.rows):
+                s = states[row.module_name][g * bsz:(g + 1) * bsz]
+                sm = probe.state_masks[g]
+                diff = (s - probe.clean[row.module_name]) * inv_std[row.module_name]
+                distortion = (diff.pow(2).sum(-1) * sm).sum(-1) / (sm.sum(-1) * s.shape[-1]).clamp_min(1.0)
+                sparsity = (m[g] * real).sum(-1) / words
+                smooth = ((m[g, :, 1:] - m[g, :, :-1]).abs() * pairs).sum(-1) / words
+                loss = loss + (distortion + l1 * sparsity + tv * smooth).sum()
+            (grad,) = torch.autograd.grad(loss, logits)
+        logits.grad = grad
+        opt.step()
+    return (torch.sigmoid(logits.detach()) * real).float()
+
+
+_LRP_PASS_THROUGH = (nn.ReLU, nn.Tanh, nn.Dropout)
+
+
+def _lrp_supported(module: nn.Module) -> bool:
+    from captum.attr._core.lrp import SUPPORTED_LAYERS_WITH_RULES, SUPPORTED_NON_LINEAR_LAYERS
+
+    return (hasattr(module, "rule") or type(module) in SUPPORTED_LAYERS_WITH_RULES
+            or type(module) in SUPPORTED_NON_LINEAR_LAYERS)
+
+
+def _lrp_path(probe: LayerProbe, module_name: str) -> list[nn.Module]:
+    """Leaf modules run between the embedding output and the layer's output; refuses unsupported ones."""
+    names = {id(m): n for n, m in probe.model.named_modules()}
+    emb_subtree = {id(m) for m in probe.embedding.modules()}
+    called: list[nn.Module] = []
+    started = [False]
+
+    def record(module: nn.Module) -> Any:
+        def fn(_m: nn.Module, _i: Any, _o: Any) -> None:
+            if module is probe.embedding:
+                started[0] = True
+            elif started[0] and id(module) not in emb_subtree and module not in called:
+                called.append(module)
+        return fn
+
+    hooks = [(m, record(m)) for m in probe.model.modules() if m is not probe.modules[module_name]]
+    hooks.append((probe.modules[module_name], record(probe.modules[module_name])))
+    with torch.no_grad():
+        probe.states(probe.x, [module_name], extra_hooks=hooks)
+    bad = []
+    for m in called:
+        leaf = next(m.children(), None) is None
+        own_params = next(m.parameters(recurse=False), None) is not None
+        if (leaf and not _lrp_supported(m)) or (not leaf and own_params and not hasattr(m, "rule")):
+            bad.append(f"{names.get(id(m), '?')} ({type(m).__name__})")
+    if bad:
+        raise ValueError(
+            f"method='lrp' cannot propagate relevance from layer {module_name!r} to the embeddings: Captum's LRP "
+            f"has no rule for {', '.join(bad)}. It supports Linear, Conv2d, MaxPool, AvgPool, BatchNorm2d and "
+            "passes through ReLU, Tanh and Dropout (or set `module.rule = captum.attr._utils.lrp_rules.EpsilonRule()` "
+            "on a module you know it is valid for). Use method='gradient', 'integrated_gradients' or 'perturbation'."
+        )
+    return [m for m in called if next(m.children(), None) is None]
+
+
+class _LRPNet(nn.Module):
+    """Captum's LRP needs a Module from the embeddings to one scalar: this one borrows the model's layers.
+
+    Its children are the leaf modules on the path (so Captum attaches its rules there and nowhere else);
+    the model itself is kept out of the module tree.
+    """
+
+    def __init__(self, probe: LayerProbe, g: int, f: Callable[[Tensor, Tensor], Tensor],
+                 path: list[nn.Module]) -> None:
+        super().__init__()
+        self.path = nn.ModuleList(path)
+        object.__setattr__(self, "_probe", probe)
+        self._g = g
+        self._f = f
+
+    def forward(self, x: Tensor) -> Tensor:
+        probe: LayerProbe = self._probe  # type: ignore[assignment]
+        states = probe.states(x, [probe.rows[self._g].module_name])
+        return self._f(*probe.select(self._g, states))
+
+
+def _lrp(probe: LayerProbe, f: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+    from captum.attr import LRP
+
+    out = []
+    paths = {n: _lrp_path(probe, n) for n in {r.module_name for r in probe.rows}}
+    for g, row in enumerate(probe.rows):
+        path = paths[row.module_name]
+        saved = {id(m): m.__dict__["rule"] for m in path if "rule" in m.__dict__}
+        try:
+            net = _LRPNet(probe, g, f, path)
+            with torch.enable_grad():
+                attr = LRP(net).attribute(probe.x.detach().clone())
+        finally:
+            for m in path:  # Captum deletes `rule` and leaves `activations` on the modules
+                m.__dict__.pop("activations", None)
+                m.__dict__.pop("rule", None)
+                if id(m) in saved:
+                    m.rule = saved[id(m)]
+        out.append(attr.detach().float().sum(-1).abs())
+    return torch.stack(out)
+
+
+# ---------------------------------------------------------------------------------------------- public
+
+
+def saliency(
+    model: nn.Module,
+    batch: taps.Batch,
+    layers: Union[str, Sequence[str]] = "auto",
+    method: Method = "gradient",
+    *,
+    embedding: str = "auto",
+    position: Position = "all",
+    target: Target = "norm",
+    pad_token_id: Optional[int] = None,
+    ig_steps: int = 32,
+    internal_batch_size: Optional[int] = None,
+    mask_steps: int = 150,
+    mask_lr: float = 0.1,
+    mask_l1: float = 0.1,
+    mask_tv: float = 0.01,
+    mask_fill: Literal["blur", "zero", "mean"] = "blur",
+    blur_sigma: float = 1.0,
+    seed: int = 0,
+) -> SaliencyResult:
+    """Saliency of each watched layer's state with respect to each input word, ``[L, B, T]``.
+
+    The layers, embedding module, batch format, padding and ``position`` are interpreted exactly as by
+    :class:`~lightning_infoflow.InfoFlowEstimator`, so rows and columns line up with its result.
+
+    Args:
+        model: the network, called as in training (``model(ids)`` or ``model(**batch)``).
+        batch: a LongTensor ``[B, T]`` or a dict with ``input_ids`` (and ``attention_mask``).
+        layers: ``"auto"``, a module name, a glob pattern or a list of them.
+        method: ``"gradient"``, ``"integrated_gradients"``, ``"perturbation"`` or ``"lrp"`` (see the module
+            docstring for what each computes).
+        embedding: the module whose output is the word embeddings (``"auto"`` as in the estimator).
+        position: ``"all"`` (every real time step), an int, a list of ints or ``"each"``.
+        target: the scalar of the state that gradient, IG and LRP explain: ``"norm"`` (default), ``"sum"``
+            or ``f(state [N, T', F], mask [N, T']) -> [N]``. Ignored by ``"perturbation"``.
+        pad_token_id: marks padding when the batch is a bare tensor.
+        ig_steps: integration steps of integrated gradients.
+        internal_batch_size: rows per forward of integrated gradients (default: all ``ig_steps x B``).
+        mask_steps, mask_lr: Adam steps and learning rate of the perturbation mask.
+        mask_l1, mask_tv: weights of the mean mask value (keep few words) and of its total variation
+            along the sentence, relative to the normalised state distortion.
+        mask_fill: what a masked word becomes: ``"blur"`` (Gaussian blur along the sentence, Fong &
+            Vedaldi's default), ``"zero"`` or ``"mean"`` (the sentence's mean embedding).
+        blur_sigma: width of the blur in words.
+        seed: seed of the mask initialisation (the global RNG is not used).
+
+    Returns:
+        A :class:`SaliencyResult` with ``values`` ``[L, B, T]`` (CPU float32, NaN at padding).
+
+    Raises:
+        ValueError: an unknown method or target, bad batch, unknown module names, or ``method="lrp"`` on a
+            model whose layers Captum's LRP has no rule for.
+
+    Example::
+
+        >>> import torch
+        >>> from torch import nn
+        >>> class Net(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.emb = nn.Embedding(20, 8)
+        ...         self.blocks = nn.ModuleList([nn.Sequential(nn.Linear(8, 8), nn.Tanh()) for _ in range(2)])
+        ...     def forward(self, ids):
+        ...         h = self.emb(ids)
+        ...         for block in self.blocks:
+        ...             h = block(h)
+        ...         return h
+        >>> out = saliency(Net(), torch.randint(0, 20, (3, 5)), layers="blocks.*", method="gradient")
+        >>> out.layer_names, tuple(out.values.shape)
+        (['blocks.0', 'blocks.1'], (2, 3, 5))
+    """
+    if method not in METHODS:
+        raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
+    f = _scalar(target)
+    if method == "integrated_gradients" and not (isinstance(ig_steps, int) and ig_steps > 0):
+        raise ValueError(f"`ig_steps` must be a positive int, got {ig_steps!r}")
+    if method == "perturbation":
+        if not (isinstance(mask_steps, int) and mask_steps > 0):
+            raise ValueError(f"`mask_steps` must be a positive int, got {mask_steps!r}")
+        if mask_l1 < 0 or mask_tv < 0 or not blur_sigma > 0 or not mask_lr > 0:
+            raise ValueError("`mask_l1` and `mask_tv` must be >= 0, `blur_sigma` and `mask_lr` > 0")
+    device = _device_of(model)
+    mask = _batch_mask(batch, pad_token_id).to(device)
+    batch = _to(batch, device)
+    emb_name, emb_module = taps.resolve_embedding(model, embedding)
+    layer_names = taps.resolve_layers(model, layers, emb_name)
+    if emb_name in layer_names:
+        raise ValueError(f"the embedding module {emb_name!r} cannot also be a watched layer")
+    with model_as_found(model, device):
+        probe = LayerProbe(model, batch, mask, layer_names, emb_module, position)
+        if method == "gradient":
+            values = _gradient(probe, f)
+        elif method == "integrated_gradients":
+            values = _integrated_gradients(probe, f, ig_steps, internal_batch_size)
+        elif method == "perturbation":
+            values = _perturbation(probe, mask_steps, mask_lr, mask_l1, mask_tv, mask_fill, blur_sigma, seed)
+        else:
+            values = _lrp(probe, f)
+    values = values.cpu().masked_fill(~mask.cpu().expand_as(values), math.nan)
+    meta: dict[str, Any] = {"embedding": emb_name}
+    if method == "integrated_gradients":
+        meta.update(ig_steps=ig_steps, baseline="zero")
+    if method == "perturbation":
+        meta.update(mask_steps=mask_steps, mask_lr=mask_lr, mask_l1=mask_l1, mask_tv=mask_tv,
+                    mask_fill=mask_fill, blur_sigma=blur_sigma)
+    target_name = "state" if method == "perturbation" else (target if isinstance(target, str) else "callable")
+    return SaliencyResult([r.name for r in probe.rows], values, mask.cpu(), method, target_name, meta)
