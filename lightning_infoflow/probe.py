@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
@@ -12,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightning_infoflow.taps import Batch
 
-ProbeLike = Union[Tensor, Mapping[str, Any], Sequence[str], Dataset, DataLoader]
+ProbeLike = Union[str, Sequence[str], Sequence[Sequence[int]], Tensor, Mapping[str, Any], Dataset, DataLoader]
 
 
 @dataclass
@@ -41,12 +43,14 @@ def build_probe(
     """Build a :class:`Probe` from token ids, a dict batch, strings plus a tokenizer, or a dataset.
 
     Args:
-        probe: a LongTensor ``[B, T]``; a dict with ``input_ids`` (+ ``attention_mask``); a list of
-            strings (needs ``tokenizer``); or a Dataset / DataLoader whose first ``num_sentences``
-            examples are used (an example is a dict with ``input_ids``, a tuple whose first item is
-            the ids, or a 1-d ids tensor).
-        tokenizer: a Hugging Face tokenizer, or any callable ``list[str] -> ids tensor | dict``. Used to
-            encode strings and, where it has ``convert_ids_to_tokens``, to label ids.
+        probe: a LongTensor ``[B, T]``; a dict with ``input_ids`` (+ ``attention_mask``); lists of
+            token ids; a list of strings (needs ``tokenizer``); the path of a text file with one
+            sentence per line (a ``.tsv`` file: its first column, header skipped); or a Dataset /
+            DataLoader whose first ``num_sentences`` examples are used (an example is a dict with
+            ``input_ids``, a tuple whose first item is the ids, or a 1-d ids tensor).
+        tokenizer: a Hugging Face tokenizer, any callable ``list[str] -> ids tensor | dict``, or the
+            path of a local Hugging Face tokenizer folder (for YAML configs). Used to encode strings
+            and, where it has ``convert_ids_to_tokens``, to label ids.
         num_sentences: keep at most this many sentences.
         max_length: truncate strings to this many tokens (Hugging Face tokenizers).
         pad_token_id: padding id when sentences of different lengths are stacked.
@@ -61,6 +65,10 @@ def build_probe(
         ([[1, 2, 3], [4, 5, 0]], [['a', 'b', 'c'], ['d', 'e']])
     """
     texts: Optional[list[str]] = None
+    if isinstance(tokenizer, str):
+        tokenizer = _load_tokenizer(tokenizer)
+    if isinstance(probe, str):
+        probe = read_sentences(probe)
     if isinstance(probe, (Dataset, DataLoader)):
         batch = _from_dataset(probe, num_sentences, pad_token_id)
     elif isinstance(probe, Tensor) or isinstance(probe, Mapping):
@@ -73,6 +81,8 @@ def build_probe(
             )
         texts = list(probe)[:num_sentences] if num_sentences else list(probe)
         batch = _encode(texts, tokenizer, max_length, pad_token_id)
+    elif isinstance(probe, Sequence) and probe and all(isinstance(r, Sequence) for r in probe):
+        batch = _pad([torch.as_tensor(list(r), dtype=torch.long) for r in probe], pad_token_id)
     else:
         raise ValueError(
             f"cannot use a probe of type {type(probe).__name__}: pass token ids [B, T], a dict with 'input_ids', "
@@ -92,6 +102,29 @@ def build_probe(
             for k, v in batch.items()
         }
     return Probe(batch, _labels(batch, tokenizer, texts))
+
+
+def read_sentences(path: str) -> list[str]:
+    """Sentences of a text file, one per line; for ``.tsv`` files the first column, header skipped."""
+    if not os.path.isfile(path):
+        raise ValueError(f"probe file {path!r} does not exist; pass the path of a text file, one sentence per line")
+    with open(path, encoding="utf-8") as f:
+        lines = [line.rstrip("\n") for line in f if line.strip()]
+    if path.endswith(".tsv"):
+        lines = [line.split("\t")[0] for line in lines]
+        if lines and lines[0].strip().lower() in ("sentence", "text"):
+            lines = lines[1:]
+    if not lines:
+        raise ValueError(f"probe file {path!r} holds no sentence")
+    return lines
+
+
+def _load_tokenizer(path: str) -> Callable[..., Any]:
+    try:
+        from transformers import AutoTokenizer
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ValueError("a tokenizer given by path needs transformers: pip install 'lightning-infoflow[transformers]'") from err
+    return AutoTokenizer.from_pretrained(path)
 
 
 def _pad(rows: list[Tensor], pad_token_id: int) -> Batch:

@@ -64,3 +64,15 @@ def loaders(batch_size: int = 8, n: int = 64) -> tuple[DataLoader, DataLoader]:
 
 def probe_ids() -> torch.Tensor:
     return make_data(4, seed=2).tensors[0]
+
+
+class TinyDataModule(L.LightningDataModule):
+    def __init__(self, batch_size: int = 8) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+
+    def train_dataloader(self) -> DataLoader:
+        return loaders(self.batch_size)[0]
+
+    def val_dataloader(self) -> DataLoader:
+        return loaders(self.batch_size)[1]
