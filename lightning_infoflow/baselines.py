@@ -13,16 +13,21 @@ Sec. 4 of Guan et al. (2019) compares the information measure with three familie
     zeroed) version as ``x0 + m * (x - x0)``, still produce the layer's clean state, with an L1 price on
     ``m`` and a total-variation term along the sentence. The saliency is ``m`` (the preservation game).
 ``"lrp"`` (Bach et al., 2015, as visualised by Ding et al., 2017; Captum's ``LRP``)
-    ``|sum_k R_ik|``. Captum's LRP has rules for ``Linear``, ``Conv2d``, pooling, ``BatchNorm2d`` and passes
-    through ``ReLU``, ``Tanh`` and ``Dropout``; a model with any other parametrised module between the
-    embedding and the layer (LSTM, LayerNorm, attention, ...) is refused with a ValueError naming it.
+    ``|sum_k R_ik|`` with Captum's epsilon rule. Captum's LRP has rules for ``Linear``, ``Conv2d``,
+    pooling and ``BatchNorm2d`` and passes through ``ReLU``, ``Tanh`` and ``Dropout``; a model with any
+    other parametrised module run between the embedding and the layer (LSTM, LayerNorm, attention,
+    Conv1d, ...) is refused with a ValueError naming it. Functional operations in ``forward`` (masking,
+    residual sums, pooling by indexing) pass plain gradients, as in Captum.
 
-**Target.** Gradient, integrated gradients and LRP need one scalar per sentence; the paper visualises the
-saliency of a hidden *state* (a vector) with respect to words. ``target="norm"`` (default) uses the
+**Target.** Gradient, integrated gradients and LRP need one scalar per sentence; the paper visualises
+the saliency of a hidden *state* (a vector) with respect to words. ``target="norm"`` (default) uses the
 Euclidean norm of the state ``s`` (the layer's output at the chosen time steps, padding excluded),
-``target="sum"`` the sum of its entries, and a callable ``f(state [B, T', F], mask [B, T']) -> [B]`` anything
-else. The perturbation method needs no scalar: it preserves the whole state (squared error of the state,
-per unit normalised by its variance over the probe, as in Eq. 7).
+``target="sum"`` the sum of its entries, and a callable ``f(state [B, T', F], mask [B, T']) -> [B]``
+anything else. With ``"norm"``, LRP starts from relevance ``s_j`` at every unit of the state (Captum
+scales the propagated relevance by the output, and ``d||s||/ds_j * ||s|| = s_j``): the relevance of the
+whole state, conserved down to the words. The perturbation method needs no scalar: it preserves the
+whole state (squared error per hidden unit, normalised by the unit's variance over the probe, as in
+Eq. 7).
 
 **Leaving the model alone.** The model runs in eval mode and every submodule's ``training`` flag is
 restored; gradients are taken with ``torch.autograd.grad`` with respect to the embedding output only, so
@@ -499,7 +504,7 @@ def _lrp(probe: LayerProbe, f: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
         try:
             net = _LRPNet(probe, g, f, path)
             with torch.enable_grad():
-                attr = LRP(net).attribute(probe.x.detach().clone())
+                attr = LRP(net).attribute(probe.x.detach().clone().requires_grad_(True))
         finally:
             for m in path:  # Captum deletes `rule` and leaves `activations` on the modules
                 m.__dict__.pop("activations", None)
@@ -547,7 +552,8 @@ def saliency(
         embedding: the module whose output is the word embeddings (``"auto"`` as in the estimator).
         position: ``"all"`` (every real time step), an int, a list of ints or ``"each"``.
         target: the scalar of the state that gradient, IG and LRP explain: ``"norm"`` (default), ``"sum"``
-            or ``f(state [N, T', F], mask [N, T']) -> [N]``. Ignored by ``"perturbation"``.
+            or ``f(state [N, T', F], mask [N, T']) -> [N]``. Ignored by ``"perturbation"``. Keep ``"norm"`` for
+            ``"lrp"``: it starts the relevance at the state's own values.
         pad_token_id: marks padding when the batch is a bare tensor.
         ig_steps: integration steps of integrated gradients.
         internal_batch_size: rows per forward of integrated gradients (default: all ``ig_steps x B``).
