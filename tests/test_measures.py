@@ -1,0 +1,103 @@
+"""Information measures (Eqs. 1-4, 6), InfoFlowResult's derived fields and on-disk format, and the
+docstring examples of the estimator modules."""
+
+from __future__ import annotations
+
+import doctest
+import math
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+import lightning_infoflow.estimator
+import lightning_infoflow.measures
+import lightning_infoflow.result
+import lightning_infoflow.taps
+from lightning_infoflow import InfoFlowResult, measures
+
+NAN = float("nan")
+
+
+def test_word_entropy_is_the_gaussian_entropy() -> None:
+    sigma = torch.tensor([0.5, 1.0, 3.0])
+    k = 7
+    expected = torch.distributions.Normal(0.0, sigma).entropy() * k  # K independent dimensions
+    torch.testing.assert_close(measures.word_entropy(sigma, k), expected)
+
+
+def test_word_information_is_zero_at_the_bound_and_never_negative() -> None:
+    info = measures.word_information(torch.tensor([0.1, 1.0, 2.0, 5.0, NAN]), sigma_max=2.0, dim=4)
+    torch.testing.assert_close(info[:2], torch.tensor([4 * math.log(20.0), 4 * math.log(2.0)]))
+    assert info[2] == 0 and info[3] == 0  # at and above the bound: 0, not negative
+    assert torch.isnan(info[4])  # padding stays NaN
+
+
+def test_information_is_the_entropy_gap_to_the_bound() -> None:
+    sigma = torch.tensor([0.2, 0.7])
+    gap = measures.word_entropy(torch.tensor(1.5), 5) - measures.word_entropy(sigma, 5)
+    torch.testing.assert_close(measures.word_information(sigma, 1.5, 5), gap)
+
+
+def test_sentence_and_layer_aggregates_skip_padding() -> None:
+    info = torch.tensor([[[1.0, 2.0, NAN], [4.0, NAN, NAN]]])  # [L=1, B=2, T=3]
+    torch.testing.assert_close(measures.sentence_information(info), torch.tensor([[3.0, 4.0]]))
+    torch.testing.assert_close(measures.mean_word_information(info), torch.tensor([7.0 / 3.0]))
+
+
+def test_effective_words() -> None:
+    info = torch.tensor([[3.0, 3.0, 3.0, 3.0], [8.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [2.0, 2.0, NAN, NAN]])
+    torch.testing.assert_close(measures.effective_words(info), torch.tensor([4.0, 1.0, 0.0, 2.0]))
+
+
+def _result() -> InfoFlowResult:
+    sigma = torch.tensor([[[1.0, 10.0, NAN], [0.5, 2.0, 4.0]],
+                          [[10.0, 10.0, NAN], [10.0, 10.0, 10.0]]])  # [L=2, B=2, T=3]
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    return InfoFlowResult(["a", "b"], sigma, mask, sigma_max=10.0, embedding_dim=2, tokens=[["x", "y"], ["p", "q", "r"]],
+                          meta={"step": 3})
+
+
+def test_result_derived_fields() -> None:
+    res = _result()
+    assert res.at_bound.tolist() == [[[False, True, False], [False, False, False]],
+                                     [[True, True, False], [True, True, True]]]
+    info = res.information
+    assert torch.isnan(info[:, 0, 2]).all()
+    torch.testing.assert_close(info[1, res.mask], torch.zeros(5))  # a layer that keeps nothing
+    expected = torch.tensor([2 * math.log(10), 0.0, 2 * math.log(20), 2 * math.log(5), 2 * math.log(2.5)])
+    torch.testing.assert_close(info[0, res.mask], expected)
+    torch.testing.assert_close(res.layer_information, torch.stack([expected.mean(), torch.tensor(0.0)]))
+    torch.testing.assert_close(res.sentence_information[0], torch.stack([expected[:2].sum(), expected[2:].sum()]))
+    assert torch.isnan(res.entropy[:, 0, 2]).all() and torch.isfinite(res.entropy[:, res.mask]).all()
+    assert res.effective_words.shape == (2,) and res.effective_words[1] == 0
+    assert torch.isnan(res.loss).all() and res.loss.shape == (2,)
+
+
+def test_result_save_load_without_the_package(tmp_path: Path) -> None:
+    res = _result()
+    res.save(tmp_path / "r.pt")
+    raw = torch.load(tmp_path / "r.pt", weights_only=True)  # a plain dict of tensors and primitives
+    assert raw["format"] == "lightning_infoflow.result/v1" and raw["layer_names"] == ["a", "b"]
+    torch.testing.assert_close(raw["information"], res.information, equal_nan=True)
+    back = InfoFlowResult.load(tmp_path / "r.pt")
+    torch.testing.assert_close(back.sigma, res.sigma, equal_nan=True)
+    assert back.tokens == res.tokens and back.meta == res.meta and back.sigma_max == 10.0
+
+
+def test_loading_something_else_is_an_error(tmp_path: Path) -> None:
+    torch.save({"format": "other"}, tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="not an infoflow result"):
+        InfoFlowResult.load(tmp_path / "x.pt")
+
+
+@pytest.mark.parametrize(
+    "module",
+    [lightning_infoflow.estimator, lightning_infoflow.measures, lightning_infoflow.result, lightning_infoflow.taps],
+    ids=lambda m: m.__name__,
+)
+def test_docstring_examples_run(module: ModuleType) -> None:
+    failed, attempted = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert attempted > 0, f"{module.__name__} has no docstring example"
+    assert failed == 0
