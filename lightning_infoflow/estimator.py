@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Literal, Optional, Union
@@ -116,8 +116,10 @@ class InfoFlowEstimator:
         sigma_max: upper bound of sigma. Default: 10 x the std of the embedding weights.
         position: which time steps of a layer's output form ``s``: ``"all"`` (every real time step
             concatenated, Sec. 4.2), an int (one time step, e.g. ``0`` for BERT's [CLS]; negative counts
-            from each sentence's last real word), a list of ints or ``"each"`` (one result row per time
-            step, named ``"layer@t"``, Sec. 4.1).
+            from each sentence's last real word, assuming right padding), a list of ints or ``"each"``
+            (one result row per time step, named ``"layer@t"``, Sec. 4.1). A sentence for which the
+            selected time step is padding has no state there: its row is NaN. A layer whose output has
+            no time axis of the input's length (pooled, or a decoder's own length) is one state: "all".
         lr: Adam learning rate on ``log sigma``.
         chunk_size: copies per forward, or ``"auto"`` to fit ``memory_budget``.
         memory_budget: bytes of activations per chunk; default: 60% of free memory on CUDA, 2 GiB on CPU.
@@ -186,6 +188,8 @@ class InfoFlowEstimator:
             raise ValueError(f"`memory_budget` must be a positive number of bytes, got {memory_budget!r}")
         if not (isinstance(check_every, int) and check_every > 0):
             raise ValueError(f"`check_every` must be a positive int, got {check_every!r}")
+        if not tol >= 0:
+            raise ValueError(f"`tol` must be >= 0 (0: never stop early), got {tol!r}")
         self._check_position(position)
         self.model = model
         self.lam = float(lam)
@@ -296,8 +300,13 @@ class InfoFlowEstimator:
             raise ValueError(f"token ids must have shape [B, T], got {tuple(ids.shape)}; add a batch dimension")
         if ids.numel() == 0:
             raise ValueError(f"the probe batch is empty (shape {tuple(ids.shape)}); pass at least one sentence")
-        attn = batch.get("attention_mask") if isinstance(batch, dict) else None
+        attn = batch.get("attention_mask") if isinstance(batch, Mapping) else None  # also BatchEncoding
         if isinstance(attn, Tensor):
+            if attn.shape != ids.shape:
+                raise ValueError(
+                    f"attention_mask has shape {tuple(attn.shape)} but input_ids {tuple(ids.shape)}; pass the "
+                    "tokenizer's [B, T] mask of 1 (word) and 0 (padding)"
+                )
             mask = attn.bool()
         elif self.pad_token_id is not None:
             mask = ids != self.pad_token_id

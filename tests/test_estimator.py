@@ -475,6 +475,7 @@ def no_optimisation(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"chunk_size": 0}, "`chunk_size` must be a positive int or 'auto'"),
         ({"memory_budget": 0}, "`memory_budget` must be a positive number of bytes"),
         ({"check_every": 0}, "`check_every` must be a positive int"),
+        ({"tol": -1.0}, "`tol` must be >= 0"),
         ({"position": "first"}, "`position` must be 'all', 'each', an int or a list of ints"),
         ({"position": []}, "`position` must be"),
     ],
@@ -522,6 +523,21 @@ def test_bad_input_is_rejected_before_optimisation(
     est = InfoFlowEstimator(_WithConstantBranch(), layers=layers, steps=5)
     with pytest.raises(ValueError, match=match):
         est.estimate(batch)
+
+
+def test_attention_mask_of_the_wrong_shape(no_optimisation: None) -> None:
+    batch = {"input_ids": torch.ones(2, 4, dtype=torch.long), "attention_mask": torch.ones(2, 1, 1, 4)}
+    with pytest.raises(ValueError, match=r"attention_mask has shape \(2, 1, 1, 4\).*\[B, T\] mask"):
+        InfoFlowEstimator(tiny_bert()).estimate(batch)
+
+
+def test_tokenizer_batch_encoding_is_a_batch(padded: dict[str, Tensor]) -> None:
+    """A tokenizer's BatchEncoding (a Mapping, not a dict): its attention_mask marks the padding."""
+    from transformers import BatchEncoding
+
+    res = InfoFlowEstimator(tiny_bert(), steps=0).estimate(BatchEncoding(dict(padded)))
+    assert torch.equal(res.mask, padded["attention_mask"].bool())
+    assert torch.isnan(res.sigma[:, ~res.mask]).all() and torch.isfinite(res.sigma[:, res.mask]).all()
 
 
 def test_all_padding_sentence_with_pad_token_id(no_optimisation: None) -> None:
