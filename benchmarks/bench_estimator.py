@@ -1,0 +1,442 @@
+"""Issue 2's benchmark, run by hand: the package's estimator against the authors' loop, Captum and the floor.
+
+Every measurement runs in its own process (``python benchmarks/bench_estimator.py <job> ...``) so that
+the peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``) belongs to that job alone; each job writes one
+JSON file (and the sigma tensors it produced, ``.pt``) into ``benchmarks/results/raw/``.
+``python benchmarks/bench_estimator.py report`` reads them and writes ``benchmarks/results/*.json``.
+``benchmarks/run_all.sh`` lists the exact sequence of jobs.
+
+Times: wall seconds (``perf_counter``) and CPU seconds of the process (``process_time``). The machine
+is shared, so CPU seconds are the contention-robust number; torch runs on ``--threads`` (default 1)
+intra-op threads so that CPU time is not inflated by spinning threads of an oversubscribed pool.
+
+Quality: median relative error ``|sigma - ref| / ref`` over real words, against a long run of the
+package's estimator (``reference`` job) on the first ``--ref-n`` sentences of the probe. The hidden-unit
+normalisation always comes from all 32 probe sentences (``reference=`` batch), so a result for a
+sentence does not depend on which other sentences shared its batch. The baseline's objective equals
+the package's with ``lam = rate * H / K`` (see ``baseline_loop.py``), which is 0.1 here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import baseline_loop  # noqa: E402
+import common as C  # noqa: E402
+
+RAW = C.RESULTS / "raw"
+LAM = 0.1
+
+
+def _setup(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Tensor], list[str]]:
+    torch.set_num_threads(args.threads)
+    model = C.load_model(args.model)
+    if getattr(args, "weights", None):
+        model.load_state_dict(torch.load(args.weights))
+    tok = C.load_tokenizer()
+    batch = C.probe_batch(tok, C.read_sentences(args.n))
+    return model, batch, C.layer_names(model)
+
+
+def _measure(fn: Callable[[], Any]) -> tuple[Any, dict[str, float]]:
+    rss0 = C.current_rss_mib()
+    load0 = C.loadavg()
+    c0, w0 = time.process_time(), time.perf_counter()
+    out = fn()
+    cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+    return out, {"wall_s": wall, "cpu_s": cpu, "rss_before_mib": rss0, "peak_rss_mib": C.peak_rss_mib(),
+                 "load_before": load0, "load_after": C.loadavg()}
+
+
+def _save(tag: str, record: dict[str, Any], tensors: dict[str, Tensor] | None = None) -> None:
+    RAW.mkdir(parents=True, exist_ok=True)
+    record = dict(record, tag=tag, machine=C.machine(), commit=C.git_commit(), argv=sys.argv[1:])
+    if tensors:
+        torch.save(tensors, RAW / f"{tag}.pt")
+    C.write_json(RAW / f"{tag}.json", record)
+    print(json.dumps({k: v for k, v in record.items() if k not in ("machine", "argv")}, default=float))
+
+
+# ---------------------------------------------------------------------------------------------- jobs
+
+
+def job_baseline(args: argparse.Namespace) -> None:
+    """The authors' loop on a few sentences, every layer."""
+    model, batch, layers = _setup(args)
+    idx = [int(i) for i in args.sentences.split(",")]
+    res, m = _measure(lambda: baseline_loop.run_baseline(
+        model, batch["input_ids"], batch["attention_mask"], idx, layers, batch, steps=args.steps,
+        raw_reg=args.raw_reg))
+    words = [int(batch["attention_mask"][i].sum()) for i in idx]
+    _save(args.tag, dict(m, job="baseline", model=args.model, sentences=idx, words=words, steps=args.steps,
+                         seconds_per_layer_sentence=res["seconds"].tolist(), loss=res["loss"].tolist(),
+                         sigma_max=res["scale"]),
+          {"sigma": res["sigma"], "sentences": torch.tensor(idx)})
+
+
+def job_estimate(args: argparse.Namespace) -> None:
+    """The package's estimator on the first ``--probe`` sentences (normalisation from all ``--n``)."""
+    from lightning_infoflow import InfoFlowEstimator, InfoFlowResult
+
+    model, batch, layers = _setup(args)
+    rows = [int(r) for r in args.rows.split(",")] if args.rows else list(range(args.probe))
+    probe = {k: v[rows] for k, v in batch.items()}
+    width = int(probe["attention_mask"].sum(1).max())
+    probe = {k: v[:, :width] for k, v in probe.items()}
+    init = InfoFlowResult.load(args.init) if args.init else None
+    est = InfoFlowEstimator(model, layers=layers, lam=LAM, steps=args.steps, samples=args.samples, lr=args.lr,
+                            seed=args.seed, tol=args.tol)
+    res, m = _measure(lambda: est.estimate(probe, reference=batch, init=init))
+    if args.save_result:
+        res.save(args.save_result)
+    _save(args.tag, dict(m, job="estimate", model=args.model, rows=rows, steps=args.steps,
+                         samples=args.samples, lr=args.lr, seed=args.seed, init=args.init, weights=args.weights,
+                         steps_run=res.meta["steps_run"], chunk_size=res.meta["chunk_size"],
+                         copies=len(layers) * args.samples * len(rows), width=width,
+                         sigma_max=res.sigma_max, at_bound=int(res.at_bound.sum())),
+          {"sigma": res.sigma, "mask": res.mask})
+
+
+def _truncated(model: nn.Module, depth: int) -> Any:
+    """Context: ``model.encoder.layer`` cut to its first ``depth`` layers."""
+    class _Cut:
+        def __enter__(self) -> None:
+            self.full = model.encoder.layer
+            model.encoder.layer = nn.ModuleList(list(self.full)[:depth])
+
+        def __exit__(self, *exc: Any) -> None:
+            model.encoder.layer = self.full
+    return _Cut()
+
+
+def job_floor(args: argparse.Namespace) -> None:
+    """Forward + backward (gradient to the word embeddings only) of the estimator's stacked batch.
+
+    ``full``: all ``L x samples x B`` copies through the whole model; ``truncated``: the copies of layer
+    ``l`` through layers ``0..l`` only (the work the estimator's truncation leaves). Same chunk size.
+    """
+    model, batch, layers = _setup(args)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    emb = model.get_input_embeddings()
+    n_layers, b = len(layers), batch["input_ids"].shape[0]
+    per_layer = args.samples * b
+    chunk = args.chunk
+
+    def run(copies_of_layer: list[int]) -> None:
+        # copies_of_layer: the depth each copy runs to, in the estimator's order (layer-major)
+        total = len(copies_of_layer)
+        for a in range(0, total, chunk):
+            depths = copies_of_layer[a : a + chunk]
+            rows = torch.arange(a, a + len(depths)) % b
+            sub = {k: v[rows] for k, v in batch.items()}
+            for depth in sorted(set(depths)):
+                sel = torch.tensor([i for i, d in enumerate(depths) if d == depth])
+                part = {k: v[sel] for k, v in sub.items()}
+                x = emb(part["input_ids"]).detach().requires_grad_(True)
+                h = emb.register_forward_hook(lambda _m, _i, _o, x=x: x)
+                try:
+                    with torch.enable_grad(), _truncated(model, depth):
+                        out = model(**part).last_hidden_state
+                        torch.autograd.grad(out.pow(2).sum(), x)
+                finally:
+                    h.remove()
+
+    full = [n_layers] * (n_layers * per_layer)
+    trunc = [l + 1 for l in range(n_layers) for _ in range(per_layer)]
+    out: dict[str, Any] = {}
+    for name, plan in (("full", full), ("truncated", trunc)):
+        reps = []
+        for _ in range(args.reps):
+            _, m = _measure(lambda plan=plan: run(plan))
+            reps.append(m)
+        out[name] = {"cpu_s": min(r["cpu_s"] for r in reps), "wall_s": min(r["wall_s"] for r in reps), "reps": reps}
+    _save(args.tag, dict(job="floor", model=args.model, samples=args.samples, n=b, chunk=chunk,
+                         copies=n_layers * per_layer, peak_rss_mib=C.peak_rss_mib(), **out))
+
+
+def job_captum(args: argparse.Namespace) -> None:
+    """Captum LayerIntegratedGradients (n_steps=50) at the word embeddings, one call per layer.
+
+    The scalar attributed is ``0.5 * ||s_l||^2`` over the real words of each sentence (the layer's own
+    state, so the cost is one IG per layer); the forward stops after layer ``l``.
+    """
+    from captum.attr import LayerIntegratedGradients
+
+    model, batch, layers = _setup(args)
+    emb = model.get_input_embeddings()
+
+    def run() -> list[Tensor]:
+        outs = []
+        for depth in range(1, len(layers) + 1):
+            def f(ids: Tensor, attn: Tensor, depth: int = depth) -> Tensor:
+                with _truncated(model, depth):
+                    h = model(input_ids=ids, attention_mask=attn).last_hidden_state
+                return 0.5 * (h.pow(2) * attn.unsqueeze(-1)).sum(dim=(1, 2))
+
+            lig = LayerIntegratedGradients(f, emb)
+            attr = lig.attribute(batch["input_ids"], additional_forward_args=(batch["attention_mask"],),
+                                 n_steps=50, internal_batch_size=args.internal_batch)
+            outs.append(attr.sum(-1).detach())
+        return outs
+
+    _, m = _measure(run)
+    _save(args.tag, dict(m, job="captum", model=args.model, n=batch["input_ids"].shape[0], n_steps=50,
+                         layers=len(layers), internal_batch_size=args.internal_batch))
+
+
+def job_finetune(args: argparse.Namespace) -> None:
+    """A few hundred training steps of encoder + linear head on SST-2 train (mean-pooled), weights saved."""
+    model, _, _ = _setup(args)
+    tok = C.load_tokenizer()
+    data = C.read_labelled("train")
+    gen = torch.Generator().manual_seed(0)
+    head = nn.Linear(model.config.hidden_size, 2)
+    model.train()
+    opt = torch.optim.AdamW(list(model.parameters()) + list(head.parameters()), lr=args.lr)
+    losses = []
+
+    def train() -> None:
+        for _ in range(args.steps):
+            idx = torch.randint(0, len(data), (args.batch,), generator=gen).tolist()
+            enc = tok([data[i][0] for i in idx], padding=True, return_tensors="pt")
+            y = torch.tensor([data[i][1] for i in idx])
+            h = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
+            am = enc["attention_mask"].unsqueeze(-1).float()
+            logits = head((h * am).sum(1) / am.sum(1))
+            loss = nn.functional.cross_entropy(logits, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss))
+
+    _, m = _measure(train)
+    model.eval()
+    before = C.load_model(args.model).state_dict()
+    after = model.state_dict()
+    drift = {k: float((after[k] - before[k]).norm() / before[k].norm().clamp_min(1e-12))
+             for k in after if after[k].is_floating_point()}
+    torch.save(after, args.out)
+    _save(args.tag, dict(m, job="finetune", model=args.model, steps=args.steps, batch=args.batch, lr=args.lr,
+                         loss_first10=sum(losses[:10]) / 10, loss_last10=sum(losses[-10:]) / 10,
+                         median_relative_weight_change=float(torch.tensor(list(drift.values())).median()),
+                         out=args.out))
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def _raw(tag: str) -> tuple[dict[str, Any], dict[str, Tensor]] | None:
+    j = RAW / f"{tag}.json"
+    if not j.is_file():
+        return None
+    t = RAW / f"{tag}.pt"
+    return json.loads(j.read_text()), (torch.load(t) if t.is_file() else {})
+
+
+def _reference(prefix: str) -> tuple[Tensor, Tensor, dict[str, Any]] | None:
+    """Geometric mean of the seeds' sigma, the mask, and the seed-to-seed spread."""
+    runs = [r for r in (_raw(f"{prefix}_s{s}") for s in range(4)) if r is not None]
+    if not runs:
+        return None
+    sig = torch.stack([r[1]["sigma"] for r in runs])
+    mask = runs[0][1]["mask"]
+    ref = sig.log().mean(0).exp()
+    info: dict[str, Any] = {"rows": runs[0][0]["rows"], "seeds": len(runs), "steps": runs[0][0]["steps"], "samples": runs[0][0]["samples"],
+                            "lr": runs[0][0]["lr"], "cpu_s": [r[0]["cpu_s"] for r in runs],
+                            "wall_s": [r[0]["wall_s"] for r in runs]}
+    if len(runs) > 1:
+        info["seed_to_seed"] = C.rel_errors(sig[1], sig[0], mask)
+        info["seed_vs_mean"] = C.rel_errors(sig[0], ref, mask)
+    return ref, mask, info
+
+
+def _quality(sigma: Tensor, ref: Tensor, mask: Tensor, rows: list[int] | None = None) -> dict[str, Any]:
+    """Errors of ``sigma`` against the reference; ``rows``: which of sigma's sentences are the reference's."""
+    width = ref.shape[2]
+    s = sigma if rows is None else sigma[:, rows]
+    return C.rel_errors(s[:, :, :width], ref, mask)
+
+
+def _timing(rec: dict[str, Any]) -> dict[str, Any]:
+    keys = ("cpu_s", "wall_s", "peak_rss_mib", "rss_before_mib", "load_before", "load_after")
+    return {k: rec[k] for k in keys if k in rec}
+
+
+def job_report(args: argparse.Namespace) -> None:
+    """Collect the raw files into ``benchmarks/results/summary.json`` and print the tables."""
+    summary: dict[str, Any] = {"machine": None, "models": {}}
+    for model in ("minilm", "bert4x256"):
+        out: dict[str, Any] = {}
+        refd = _reference(f"ref_{model}")
+        if refd is None:
+            continue
+        ref, mask, out["reference"] = refd
+        # grid of cheap settings, sentences 0-3
+        grid = {}
+        for path in sorted(glob.glob(str(RAW / f"grid_{model}_st*_sa*.json"))):
+            tag = Path(path).stem
+            rec, ten = _raw(tag)  # type: ignore[misc]
+            summary["machine"] = rec["machine"]
+            grid[f"steps={rec['steps']},samples={rec['samples']}"] = dict(
+                steps=rec["steps"], samples=rec["samples"], quality=_quality(ten["sigma"], ref, mask), **_timing(rec))
+        out["grid_ref_rows"] = grid
+        # baseline: one process per sentence, merged in the reference's row order
+        parts = [_raw(Path(pth).stem) for pth in sorted(glob.glob(str(RAW / f"baseline_{model}_s*.json")))]
+        parts = [q for q in parts if q is not None and q[0]["sentences"][0] in out["reference"]["rows"]]
+        if parts:
+            parts.sort(key=lambda q: q[0]["sentences"][0])
+            rows = [q[0]["sentences"][0] for q in parts]
+            sig = torch.cat([q[1]["sigma"] for q in parts], dim=1)
+            cpu = [q[0]["cpu_s"] for q in parts]
+            wall = [q[0]["wall_s"] for q in parts]
+            out["baseline"] = dict(
+                sentences=rows, words=[q[0]["words"][0] for q in parts], steps=parts[0][0]["steps"],
+                cpu_s=cpu, wall_s=wall, peak_rss_mib=max(q[0]["peak_rss_mib"] for q in parts),
+                rss_before_mib=[q[0]["rss_before_mib"] for q in parts],
+                load=[(q[0]["load_before"], q[0]["load_after"]) for q in parts],
+                cpu_s_per_sentence=sum(cpu) / len(cpu), wall_s_per_sentence=sum(wall) / len(wall),
+                wall_s_per_layer_sentence=[q[0]["seconds_per_layer_sentence"] for q in parts],
+                extrapolated_32_cpu_s=32 * sum(cpu) / len(cpu), extrapolated_32_wall_s=32 * sum(wall) / len(wall),
+                quality=_quality(sig, ref, mask) if rows == out["reference"]["rows"] else None)
+        # timed runs on all 32 sentences
+        timed = {}
+        for path in sorted(glob.glob(str(RAW / f"time_{model}_st*_sa*.json"))):
+            rec, ten = _raw(Path(path).stem)  # type: ignore[misc]
+            timed[f"steps={rec['steps']},samples={rec['samples']}"] = dict(
+                steps=rec["steps"], samples=rec["samples"], copies=rec["copies"], chunk_size=rec["chunk_size"],
+                steps_run=rec["steps_run"], quality_ref_rows=_quality(ten["sigma"], ref, mask, out["reference"]["rows"]),
+                **_timing(rec))
+        out["timed_32"] = timed
+        if "baseline" in out and timed:
+            base_err = out["baseline"]["quality"]["median"]
+            ok = {k: v for k, v in timed.items()
+                  if out["grid_ref_rows"].get(k, {}).get("quality", {}).get("median", 1e9) <= base_err}
+            if ok:
+                best = min(ok, key=lambda k: ok[k]["cpu_s"])
+                out["cheapest_at_baseline_quality"] = dict(
+                    setting=best, quality_ref_rows=out["grid_ref_rows"][best]["quality"]["median"],
+                    baseline_quality=base_err, cpu_s=ok[best]["cpu_s"], wall_s=ok[best]["wall_s"],
+                    speedup_cpu=out["baseline"]["extrapolated_32_cpu_s"] / ok[best]["cpu_s"],
+                    speedup_wall=out["baseline"]["extrapolated_32_wall_s"] / ok[best]["wall_s"])
+        # one step vs the floor
+        fl = _raw(f"floor_{model}_sa4")
+        t0, t10 = timed.get("steps=0,samples=4"), timed.get("steps=10,samples=4")
+        t5 = timed.get("steps=5,samples=4")
+        if fl is not None and t0 and (t10 or t5):
+            hi = t10 or t5
+            step_cpu = (hi["cpu_s"] - t0["cpu_s"]) / hi["steps"]
+            step_wall = (hi["wall_s"] - t0["wall_s"]) / hi["steps"]
+            f = fl[0]
+            out["step_vs_floor"] = dict(
+                samples=4, copies=f["copies"], step_cpu_s=step_cpu, step_wall_s=step_wall,
+                floor_truncated_cpu_s=f["truncated"]["cpu_s"], floor_full_cpu_s=f["full"]["cpu_s"],
+                floor_truncated_wall_s=f["truncated"]["wall_s"], floor_full_wall_s=f["full"]["wall_s"],
+                ratio_to_truncated_cpu=step_cpu / f["truncated"]["cpu_s"], ratio_to_full_cpu=step_cpu / f["full"]["cpu_s"],
+                floor_peak_rss_mib=f["peak_rss_mib"])
+        cap = _raw(f"captum_{model}")
+        if cap is not None:
+            out["captum_lig_n50"] = _timing(cap[0])
+        summary["models"][model] = out
+    # warm start (MiniLM, after fine-tuning)
+    rfd = _reference("ref_ft_minilm")
+    if rfd is not None:
+        ref, mask, info = rfd
+        warm: dict[str, Any] = {"reference": info}
+        ft = _raw("finetune_minilm")
+        if ft is not None:
+            warm["finetune"] = {k: ft[0][k] for k in ("steps", "batch", "lr", "loss_first10", "loss_last10",
+                                                      "median_relative_weight_change", "cpu_s", "wall_s")}
+        cold = {}
+        for path in sorted(glob.glob(str(RAW / "ftcold_minilm_st*_sa*.json"))):
+            rec, ten = _raw(Path(path).stem)  # type: ignore[misc]
+            key = f"steps={rec['steps']},samples={rec['samples']}"
+            t = summary["models"].get("minilm", {}).get("timed_32", {}).get(key, {})
+            cold[key] = dict(quality=_quality(ten["sigma"], ref, mask), cpu_s_32=t.get("cpu_s"),
+                             wall_s_32=t.get("wall_s"))
+        warm["cold_on_finetuned"] = cold
+        runs = {}
+        for path in sorted(glob.glob(str(RAW / "ftwarm_minilm_*.json"))):
+            rec, ten = _raw(Path(path).stem)  # type: ignore[misc]
+            runs[Path(path).stem] = dict(init=rec["init"], steps=rec["steps"], samples=rec["samples"],
+                                         quality_ref_rows=_quality(ten["sigma"], ref, mask, info["rows"]), **_timing(rec))
+        warm["warm_32"] = runs
+        summary["warm_start"] = warm
+    C.write_json(C.RESULTS / "summary.json", summary)
+    print(json.dumps(summary, indent=1, default=float)[:20000])
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="job", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--model", default="minilm", choices=["minilm", "bert4x256", "bertbase"])
+        sp.add_argument("--n", type=int, default=32, help="probe sentences (first n of SST-2 dev)")
+        sp.add_argument("--threads", type=int, default=1)
+        sp.add_argument("--tag", required=True)
+        sp.add_argument("--weights", default=None, help="state dict to load (fine-tuned weights)")
+
+    sp = sub.add_parser("baseline")
+    common(sp)
+    sp.add_argument("--sentences", default="0,2")
+    sp.add_argument("--steps", type=int, default=5000)
+    sp.add_argument("--raw-reg", action="store_true")
+    sp.set_defaults(fn=job_baseline)
+
+    sp = sub.add_parser("estimate")
+    common(sp)
+    sp.add_argument("--probe", type=int, default=32, help="estimate the first `probe` of the n sentences")
+    sp.add_argument("--rows", default=None, help="estimate these sentences (comma-separated), e.g. 0,2")
+    sp.add_argument("--steps", type=int, default=10)
+    sp.add_argument("--samples", type=int, default=4)
+    sp.add_argument("--lr", type=float, default=0.1)
+    sp.add_argument("--tol", type=float, default=1e-3)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--init", default=None, help="InfoFlowResult file to warm-start from")
+    sp.add_argument("--save-result", default=None)
+    sp.set_defaults(fn=job_estimate)
+
+    sp = sub.add_parser("floor")
+    common(sp)
+    sp.add_argument("--samples", type=int, default=4)
+    sp.add_argument("--chunk", type=int, default=115)
+    sp.add_argument("--reps", type=int, default=2)
+    sp.set_defaults(fn=job_floor)
+
+    sp = sub.add_parser("captum")
+    common(sp)
+    sp.add_argument("--internal-batch", type=int, default=400)
+    sp.set_defaults(fn=job_captum)
+
+    sp = sub.add_parser("finetune")
+    common(sp)
+    sp.add_argument("--steps", type=int, default=200)
+    sp.add_argument("--batch", type=int, default=16)
+    sp.add_argument("--lr", type=float, default=2e-5)
+    sp.add_argument("--out", default="/tmp/infoflow_bench_finetuned.pt")
+    sp.set_defaults(fn=job_finetune)
+
+    sp = sub.add_parser("report")
+    sp.set_defaults(fn=job_report)
+
+    args = p.parse_args()
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()

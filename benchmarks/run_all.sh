@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Every job of the CPU benchmark, in the order they were run for benchmarks/RESULTS.md.
+# Run from the repository root with the project's venv active:  bash benchmarks/run_all.sh [stage]
+# Stages may run side by side (each job is its own process; the report uses CPU seconds).
+set -euo pipefail
+export PYTHONWARNINGS=ignore
+B="python benchmarks/bench_estimator.py"
+stage="${1:-all}"
+
+baseline() {  # $1 = model, $2 = sentence: the authors' loop, 5,000 steps, all layers (one process per sentence)
+  $B baseline --model "$1" --sentences "$2" --steps 5000 --tag baseline_$1_s$2
+}
+
+reference() {  # $1 = model: long runs on sentences 0 and 2 (normalisation from all 32), two seeds
+  for s in 0 1; do
+    $B estimate --model "$1" --rows 0,2 --steps 150 --samples 4 --lr 0.05 --tol 0 --seed $s --tag ref_$1_s$s
+  done
+}
+
+grid() {  # $1 = model: quality of cheap settings on sentences 0 and 2
+  for cfg in 0:2 0:4 0:8 5:2 5:4 10:2 10:4 20:4 10:8; do
+    st=${cfg%%:*}; sa=${cfg##*:}
+    $B estimate --model "$1" --rows 0,2 --steps $st --samples $sa --tag grid_$1_st${st}_sa${sa}
+  done
+}
+
+timing() {  # $1 = model: all 32 sentences, all layers
+  for cfg in 0:2 0:4 0:8 5:4 10:4; do
+    st=${cfg%%:*}; sa=${cfg##*:}
+    $B estimate --model "$1" --steps $st --samples $sa --tag time_$1_st${st}_sa${sa} \
+      --save-result /tmp/infoflow_bench_$1_st${st}_sa${sa}.pt
+  done
+  $B floor --model "$1" --samples 4 --tag floor_$1_sa4
+  $B captum --model "$1" --tag captum_$1
+}
+
+warm() {  # a few hundred training steps, then cold vs warm on the fine-tuned weights
+  W=/tmp/infoflow_bench_finetuned.pt
+  $B finetune --model minilm --steps 200 --tag finetune_minilm --out $W
+  $B estimate --model minilm --weights $W --rows 0,2 --steps 150 --samples 4 --lr 0.05 --tol 0 --seed 0 --tag ref_ft_minilm_s0
+  for cfg in 0:2 0:4 5:4 10:4; do
+    st=${cfg%%:*}; sa=${cfg##*:}
+    $B estimate --model minilm --weights $W --rows 0,2 --steps $st --samples $sa --tag ftcold_minilm_st${st}_sa${sa}
+  done
+  for cfg in "0:4:0:2" "0:4:0:4" "10:4:0:4" "10:4:1:4" "10:4:2:4"; do  # init steps:samples, warm steps:samples
+    is=$(echo $cfg | cut -d: -f1); ia=$(echo $cfg | cut -d: -f2); ws=$(echo $cfg | cut -d: -f3); wa=$(echo $cfg | cut -d: -f4)
+    $B estimate --model minilm --weights $W --steps $ws --samples $wa --init /tmp/infoflow_bench_minilm_st${is}_sa${ia}.pt \
+      --tag ftwarm_minilm_from_st${is}_sa${ia}_st${ws}_sa${wa}
+  done
+}
+
+case "$stage" in
+  baseline) baseline "$2" "$3" ;;          # e.g. bash benchmarks/run_all.sh baseline minilm 0
+  quality) reference "$2"; grid "$2" ;;    # e.g. bash benchmarks/run_all.sh quality minilm
+  timing) timing "$2" ;;
+  warm) warm ;;
+  report) python benchmarks/bench_estimator.py report ;;
+  all)
+    for m in minilm bert4x256; do for s in 0 2; do baseline $m $s; done; reference $m; grid $m; timing $m; done
+    warm
+    python benchmarks/bench_estimator.py report ;;
+esac
