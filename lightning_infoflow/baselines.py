@@ -427,7 +427,7 @@ def _perturbation(probe: LayerProbe, steps: int, lr: float, l1: float, tv: float
     return (torch.sigmoid(logits.detach()) * real).float()
 
 
-_LRP_PASS_THROUGH = (nn.ReLU, nn.Tanh, nn.Dropout)
+_LRP_TRANSPARENT = (nn.Identity, nn.Flatten, nn.Unflatten)  # no arithmetic: relevance passes unchanged
 
 
 def _lrp_supported(module: nn.Module) -> bool:
@@ -457,6 +457,7 @@ def _lrp_path(probe: LayerProbe, module_name: str) -> list[nn.Module]:
     with torch.no_grad():
         probe.states(probe.x, [module_name], extra_hooks=hooks)
     bad = []
+    called = [m for m in called if not isinstance(m, _LRP_TRANSPARENT)]
     for m in called:
         leaf = next(m.children(), None) is None
         own_params = next(m.parameters(recurse=False), None) is not None
