@@ -629,6 +629,7 @@ class _ChunkRunner:
         self.state_masks: list[Tensor] = prep["state_masks"]
         self.order: dict[str, int] = prep["order"]
         self.device = device
+        self._batches: dict[tuple[int, int], taps.Batch] = {}
         shapes = [s.state.shape[1:] for s in self.states.values()]
         self.max_state_shape = (max(s[0] for s in shapes), max(s[1] for s in shapes))
 
@@ -671,8 +672,12 @@ class _ChunkRunner:
                 pass
 
     def _chunk_batch(self, a: int, b: int) -> taps.Batch:
-        idx = torch.arange(a, b, device=self.device) % self.bsz
-        return taps.map_batch(self.batch, lambda t: t.index_select(0, idx.to(t.device)), self.bsz)
+        """The model inputs of copies ``a:b`` (copy ``c`` holds sentence ``c % B``), built once per chunk."""
+        if (a, b) not in self._batches:
+            idx = torch.arange(a, b, device=self.device) % self.bsz
+            self._batches[(a, b)] = taps.map_batch(self.batch, lambda t: t.index_select(0, idx.to(t.device)),
+                                                   self.bsz)
+        return self._batches[(a, b)]
 
     def errors(self, a: int, b: int, x_rows: Tensor) -> Tensor:
         """Normalised squared error of each copy's state against the clean state of its target: ``[b - a]``."""

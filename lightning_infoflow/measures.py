@@ -34,8 +34,15 @@ def word_information(sigma: Tensor, sigma_max: float, dim: int) -> Tensor:
 
 
 def sentence_information(information: Tensor) -> Tensor:
-    """Sentence-level information: the sum over the words of a sentence (last dimension, NaN skipped)."""
-    return torch.nansum(information, dim=-1)
+    """Sentence-level information: the sum over the words of a sentence (last dimension, NaN skipped).
+
+    NaN for a sentence without any word (a row with no state, e.g. ``position`` past its end).
+
+    >>> sentence_information(torch.tensor([[1.0, 2.0, float("nan")], [float("nan")] * 3]))
+    tensor([3., nan])
+    """
+    total = torch.nansum(information, dim=-1)
+    return total.masked_fill(information.isnan().all(dim=-1), float("nan"))
 
 
 def mean_word_information(information: Tensor) -> Tensor:
@@ -52,11 +59,13 @@ def effective_words(information: Tensor) -> Tensor:
     """Effective number of words a layer keeps per sentence (participation ratio).
 
     ``(sum_i I_i)^2 / sum_i I_i^2`` over the words of a sentence: the number of words if the information
-    is spread evenly over them, 1 if one word holds it all, 0 if the layer keeps nothing.
+    is spread evenly over them, 1 if one word holds it all, 0 if the layer keeps nothing, NaN for a
+    sentence without any word.
 
     >>> effective_words(torch.tensor([[2.0, 2.0, 0.0], [5.0, 0.0, float("nan")]]))
     tensor([2., 1.])
     """
     total = torch.nansum(information, dim=-1)
     squares = torch.nansum(information**2, dim=-1)
-    return torch.where(squares > 0, total**2 / squares.clamp_min(1e-30), torch.zeros_like(total))
+    out = torch.where(squares > 0, total**2 / squares.clamp_min(1e-30), torch.zeros_like(total))
+    return out.masked_fill(information.isnan().all(dim=-1), float("nan"))

@@ -90,8 +90,8 @@ class InfoFlowResult:
 
     @property
     def effective_words(self) -> Tensor:
-        """Effective number of words each layer keeps, averaged over sentences, ``[L]``."""
-        return measures.effective_words(self.information).mean(dim=-1)
+        """Effective number of words each layer keeps, averaged over sentences (that have a state), ``[L]``."""
+        return torch.nanmean(measures.effective_words(self.information), dim=-1)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of tensors and primitives (loads with ``torch.load(weights_only=True)``)."""

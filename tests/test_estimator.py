@@ -249,6 +249,10 @@ def test_each_position_is_one_row_per_time_step() -> None:
         assert not res.at_bound[t, 0, : t + 1].any() and res.at_bound[t, 0, t + 1 :].all()
     # Time steps 2 and 3 are padding for the 2-word sentence: it has no state there (NaN rows).
     assert torch.isnan(res.sigma[2:, 1]).all() and torch.isfinite(res.sigma[:2, 1, :2]).all()
+    assert not res.at_bound[2:, 1].any()
+    assert torch.isnan(res.sentence_information[2:, 1]).all()
+    # Aggregates skip the missing rows instead of counting them as "keeps nothing".
+    assert torch.isfinite(res.layer_information).all() and (res.effective_words > 0).all()
 
 
 def test_position_outside_the_sequence_is_an_error() -> None:

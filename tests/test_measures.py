@@ -51,6 +51,17 @@ def test_effective_words() -> None:
     torch.testing.assert_close(measures.effective_words(info), torch.tensor([4.0, 1.0, 0.0, 2.0]))
 
 
+def test_sentence_without_words_is_nan_not_zero() -> None:
+    """A row with no state (position past the sentence's end) is absent, not "keeps nothing"."""
+    info = torch.tensor([[2.0, 2.0, NAN], [NAN, NAN, NAN]])
+    assert torch.isnan(measures.sentence_information(info)[1])
+    assert torch.isnan(measures.effective_words(info)[1])
+    res = InfoFlowResult(["l@2"], torch.tensor([[[1.0, 1.0, NAN], [NAN, NAN, NAN]]]),
+                         torch.tensor([[True, True, False], [True, False, False]]), sigma_max=10.0, embedding_dim=2)
+    torch.testing.assert_close(res.effective_words, torch.tensor([2.0]))
+    torch.testing.assert_close(res.layer_information, torch.tensor([2 * math.log(10.0)]))
+
+
 def _result() -> InfoFlowResult:
     sigma = torch.tensor([[[1.0, 10.0, NAN], [0.5, 2.0, 4.0]],
                           [[10.0, 10.0, NAN], [10.0, 10.0, 10.0]]])  # [L=2, B=2, T=3]
