@@ -374,6 +374,10 @@ class InfoFlowEstimator:
             ref_mask = self._validate_batch(reference).to(device)
             ref_batch = self._to(reference, device)
             _, ref_raw = self._clean_forward(ref_batch, ref_mask.shape[0])
+            bad = [n for n in self.layer_names if not torch.isfinite(ref_raw[n]).all()]
+            if bad:
+                raise ValueError(f"layer(s) {bad} returned non-finite values on the `reference` batch; "
+                                 "check the reference inputs")
             ref_states = {
                 n: _LayerState(_layout(ref_raw[n], s.batch_dim, s.time_dim).float(), s.batch_dim, s.time_dim,
                                s.aligned and ref_raw[n].shape[s.time_dim] == ref_mask.shape[1])  # type: ignore[index]

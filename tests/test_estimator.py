@@ -437,7 +437,8 @@ def test_result_round_trips_through_disk(tmp_path: Any) -> None:
 
 
 class _WithConstantBranch(nn.Module):
-    """``const`` sees only zeros (its output does not depend on the input); ``bad`` divides by zero."""
+    """``const`` sees only zeros (its output does not depend on the input); ``bad`` divides by zero;
+    ``twice`` is called twice and ``unused`` never."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -446,6 +447,7 @@ class _WithConstantBranch(nn.Module):
         self.good = nn.Linear(8, 8)
         self.bad = nn.Identity()
         self.twice = nn.Linear(8, 8)
+        self.unused = nn.Linear(8, 8)
 
     def forward(self, ids: Tensor) -> Tensor:
         x = self.embedding(ids)
@@ -519,6 +521,7 @@ def test_embedding_cannot_be_a_layer() -> None:
         ("const", torch.ones(2, 4, dtype=torch.long), "'const' does not depend on the input.*downstream"),
         ("bad", torch.ones(2, 4, dtype=torch.long), "'bad' returned non-finite values"),
         ("twice", torch.ones(2, 4, dtype=torch.long), "called more than once"),
+        ("unused", torch.ones(2, 4, dtype=torch.long), r"\['unused'\] were not called.*check `layers`"),
     ],
 )
 def test_bad_input_is_rejected_before_optimisation(
