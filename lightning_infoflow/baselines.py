@@ -345,6 +345,15 @@ def _scalar(target: Target) -> Callable[[Tensor, Tensor], Tensor]:
 # ---------------------------------------------------------------------------------------------- methods
 
 
+def _captum_attr() -> Any:
+    """``captum.attr``, or an ImportError that says how to get it (only IG and LRP need Captum)."""
+    try:
+        import captum.attr
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("method='integrated_gradients' and method='lrp' use Captum: pip install captum") from err
+    return captum.attr
+
+
 def _gradient(probe: LayerProbe, f: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
     x = probe.x.detach().clone().requires_grad_(True)
     out = []
@@ -360,8 +369,7 @@ def _gradient(probe: LayerProbe, f: Callable[[Tensor, Tensor], Tensor]) -> Tenso
 
 def _integrated_gradients(probe: LayerProbe, f: Callable[[Tensor, Tensor], Tensor], steps: int,
                           internal_batch_size: Optional[int]) -> Tensor:
-    from captum.attr import IntegratedGradients
-
+    IntegratedGradients = _captum_attr().IntegratedGradients
     x = probe.x.detach()
     baseline = x * (~probe.mask).unsqueeze(-1).to(x.dtype)  # zero at real words, padding held fixed
     out = []
@@ -431,6 +439,7 @@ _LRP_TRANSPARENT = (nn.Identity, nn.Flatten, nn.Unflatten)  # no arithmetic: rel
 
 
 def _lrp_supported(module: nn.Module) -> bool:
+    _captum_attr()
     from captum.attr._core.lrp import SUPPORTED_LAYERS_WITH_RULES, SUPPORTED_NON_LINEAR_LAYERS
 
     return (hasattr(module, "rule") or type(module) in SUPPORTED_LAYERS_WITH_RULES
@@ -452,8 +461,7 @@ def _lrp_path(probe: LayerProbe, module_name: str) -> list[nn.Module]:
                 called.append(module)
         return fn
 
-    hooks = [(m, record(m)) for m in probe.model.modules() if m is not probe.modules[module_name]]
-    hooks.append((probe.modules[module_name], record(probe.modules[module_name])))
+    hooks = [(m, record(m)) for m in probe.model.modules()]
     with torch.no_grad():
         probe.states(probe.x, [module_name], extra_hooks=hooks)
     bad = []
@@ -495,8 +503,7 @@ class _LRPNet(nn.Module):
 
 
 def _lrp(probe: LayerProbe, f: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
-    from captum.attr import LRP
-
+    LRP = _captum_attr().LRP
     out = []
     paths = {n: _lrp_path(probe, n) for n in {r.module_name for r in probe.rows}}
     for g, row in enumerate(probe.rows):
