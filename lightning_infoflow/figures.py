@@ -34,7 +34,7 @@ def information_heatmap(result: InfoFlowResult, sentence: int, title: Optional[s
     width = max(4.0, 0.45 * len(words) + 2.5)
     fig = Figure(figsize=(width, 0.45 * len(result.layer_names) + 1.6), layout="constrained")
     ax = fig.subplots()
-    im = ax.imshow(info, aspect="auto", cmap="viridis", vmin=0.0)
+    im = ax.imshow(info, aspect="auto", cmap="viridis")  # colour range: this sentence's min..max
     ax.set_xticks(range(len(words)), labels=words, rotation=60, ha="right", fontsize=8)
     ax.set_yticks(range(len(result.layer_names)), labels=result.layer_names, fontsize=8)
     ax.set_xlabel("word")
