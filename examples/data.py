@@ -137,7 +137,13 @@ class WordTokenizer:
             mask[b, : len(words)] = 1
         return {"input_ids": ids, "attention_mask": mask}
 
-    __call__ = encode
+    def __call__(self, sentences: Sequence[str], **_: Any) -> dict[str, Tensor]:
+        """``encode``; keyword arguments of a Hugging Face tokenizer call (padding, ...) are accepted and ignored."""
+        return self.encode(sentences)
+
+    def convert_ids_to_tokens(self, ids: Sequence[int]) -> list[str]:
+        """Word strings of ids (the Hugging Face name, so callers that label words with it work unchanged)."""
+        return [self.vocab[int(i)] for i in ids]
 
     def state_dict(self) -> dict[str, Any]:
         return {"vocab": self.vocab, "add_cls": self.add_cls, "max_length": self.max_length}

@@ -114,3 +114,52 @@ def test_reverse_data_and_model():
     res = est.estimate({"input_ids": ids[:2], "attention_mask": d["attention_mask"][:2]})
     assert res.layer_names == [f"model.last_hidden@{t}" for t in range(9)]
     assert res.sigma.shape == (9, 2, 9) and torch.isfinite(res.sigma).all()
+
+
+# --------------------------------------------------------------------------- analysis commands, tiny
+
+
+def _run(tmp_path, *argv: str) -> dict:
+    from examples.run import main
+
+    out = tmp_path / argv[0]
+    summary = main([*argv, "--tiny", "--out", str(out)])
+    assert os.path.isfile(summary["figure"]) and os.path.getsize(summary["figure"]) > 1000
+    assert (out / "summary.json").is_file()
+    assert any(p.name.startswith("events.out.tfevents") for p in out.rglob("*")), "no TensorBoard log written"
+    return summary
+
+
+def test_timestamps_command_measures_the_reverse_diagonal(tmp_path):
+    s = _run(tmp_path, "timestamps")
+    assert s["seq_len"] == 4 and len(s["argmax_per_step"]) == 4 and 0.0 <= s["hit_rate"] <= 1.0
+    assert s["expected_per_step"] == [3, 2, 1, 0]
+
+
+def test_layers_and_regularization_commands(tmp_path):
+    s = _run(tmp_path, "layers")
+    assert len(s["layer_information"]) == 4 and s["decreasing"] in (True, False)
+    s = _run(tmp_path, "regularization", "--alphas", "0", "1e-4")
+    assert [r["alpha"] for r in s["runs"]] == [0.0, 1e-4]
+    assert all(r["last_layer_information"] > 0 for r in s["runs"])
+
+
+def test_words_sentence_accuracy_commands(tmp_path):
+    s = _run(tmp_path, "words", "--models", "lstm", "cnn")
+    assert set(s["stop_word_fraction"]) == {"lstm", "cnn"}
+    assert all(sum(c for _, c in m["top_words"]) == 2 * m["sentences"] for m in s["models"].values())
+    s = _run(tmp_path, "sentence", "--models", "bert", "transformer")
+    assert len(s["models"]["bert"]["sentence_information"]) == 6
+    assert len(s["models"]["transformer"]["sentence_information"]) == 3
+    s = _run(tmp_path, "accuracy", "--models", "cnn", "--tasks", "sst2", "cola")
+    assert set(s["results"]["cnn"]) == {"sst2", "cola"} and "| cnn |" in s["table"]
+
+
+def test_dynamics_command_reads_the_callback_results(tmp_path):
+    s = _run(tmp_path, "dynamics", "--models", "lstm", "--every", "1")
+    lstm = s["models"]["lstm"]
+    assert lstm["steps"][0] == 0 and lstm["steps"][-1] == 2  # step 0, then the log-spaced/every-N/end analyses
+    assert len(lstm["layer_names"]) == 4
+    assert all(len(row) == 4 for row in lstm["information"])
+    saved = list((tmp_path / "dynamics").rglob("step_*.pt"))
+    assert len(saved) == len(lstm["steps"])
