@@ -39,12 +39,11 @@ native kernels, same numbers).
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Literal, Optional, Union
+from typing import Any, Callable, Literal, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -96,24 +95,7 @@ class _StopForward(Exception):
     """Raised after the deepest layer a computation needs: the rest of the model is skipped."""
 
 
-@contextmanager
-def model_as_found(model: nn.Module, device: torch.device) -> Iterator[None]:
-    """Eval mode and no cuDNN RNN kernels for the duration; ``training`` flags and the global RNG restored.
-
-    cuDNN's RNN backward only runs in training mode ("cudnn RNN backward can only be called in training
-    mode"), so on CUDA a model with a recurrent module runs with cuDNN disabled.
-    """
-    modes = [(m, m.training) for m in model.modules()]
-    has_rnn = any(isinstance(m, nn.RNNBase) for m in model.modules())
-    cudnn = (torch.backends.cudnn.flags(enabled=False) if device.type == "cuda" and has_rnn
-             else contextlib.nullcontext())
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), cudnn:
-        try:
-            model.eval()
-            yield
-        finally:
-            for module, mode in modes:
-                module.training = mode
+model_as_found = taps.model_untouched  # one definition of 'leave the model as found'
 
 
 def _device_of(model: nn.Module) -> torch.device:

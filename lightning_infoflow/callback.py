@@ -83,6 +83,9 @@ class InfoFlowCallback(Callback):
         log_figures: log figures at all.
         save_results: write each analysis's raw result under the log dir.
         progress: show a progress bar during an analysis (rank 0).
+        max_overhead: keep the analyses' wall time under this fraction of the training's: a scheduled
+            analysis is skipped (and counted in ``skipped``) while the analyses so far took more. The
+            first analysis and the one at the end always run. ``None`` runs every scheduled analysis.
         seed: seed of the estimator's private noise generator.
 
     Raises:
@@ -118,6 +121,7 @@ class InfoFlowCallback(Callback):
         log_figures: bool = True,
         save_results: bool = True,
         progress: bool = True,
+        max_overhead: Optional[float] = 0.1,
         seed: int = 0,
     ) -> None:
         if not (isinstance(every_n_train_steps, int) and every_n_train_steps > 0):
@@ -129,6 +133,8 @@ class InfoFlowCallback(Callback):
             raise ValueError(f"`samples` must be a positive int, got {samples!r}")
         if not (lam > 0 and math.isfinite(lam)):
             raise ValueError(f"`lam` must be a positive number, got {lam!r}")
+        if max_overhead is not None and not max_overhead > 0:
+            raise ValueError(f"`max_overhead` must be a positive fraction or None, got {max_overhead!r}")
         if num_sentences is not None and num_sentences <= 0:
             raise ValueError(f"`num_sentences` must be positive or None, got {num_sentences!r}")
         self.probe_source = probe
@@ -149,6 +155,7 @@ class InfoFlowCallback(Callback):
         self.log_figures = log_figures
         self.save_results = save_results
         self.progress = progress
+        self.max_overhead = max_overhead
 
         self._early = set(log_spaced_steps(every_n_train_steps)) if log_spaced else set()
         self._probe: Optional[Probe] = None
@@ -163,6 +170,10 @@ class InfoFlowCallback(Callback):
         self._layer_names: list[str] = []
         self._previous: Optional[InfoFlowResult] = None
         self.failures = 0
+        self.skipped = 0
+        self._analysis_seconds = 0.0
+        self._fit_seconds = 0.0
+        self._clock: Optional[float] = None
 
     @property
     def state_key(self) -> str:
@@ -220,8 +231,16 @@ class InfoFlowCallback(Callback):
     def _due(self, step: int) -> bool:
         return step != self._last_step and (step == 0 or step in self._early or step % self.every_n_train_steps == 0)
 
+    def _over_budget(self) -> bool:
+        """Whether the analyses so far took more than ``max_overhead`` of the training's wall time."""
+        if self.max_overhead is None or not self._history:
+            return False
+        training = self._fit_seconds + (time.perf_counter() - self._clock if self._clock else 0.0) - self._analysis_seconds
+        return self._analysis_seconds > self.max_overhead * max(training, 0.0)
+
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._clock = time.perf_counter()
         if self._enabled and self._due(trainer.global_step) and trainer.global_step == 0:
             self._analyse(trainer, pl_module)
 
@@ -230,13 +249,28 @@ class InfoFlowCallback(Callback):
                            batch_idx: int) -> None:
         # global_step counts optimizer steps: with gradient accumulation it stays put on the batches that
         # only accumulate, and _last_step stops a second analysis of the same step.
-        if self._enabled and self._due(trainer.global_step):
-            self._analyse(trainer, pl_module)
+        if not (self._enabled and self._due(trainer.global_step)):
+            return
+        if self._over_budget():
+            self._last_step = trainer.global_step
+            self.skipped += 1
+            if self.skipped == 1:
+                rank_zero_info(
+                    f"InfoFlowCallback: skipping the analysis at step {trainer.global_step} (and later ones while "
+                    f"needed) to keep the analyses under max_overhead={self.max_overhead} of the training time; "
+                    "raise max_overhead, or set it to None, to run every scheduled analysis."
+                )
+            return
+        self._analyse(trainer, pl_module)
 
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._enabled and self.at_end and trainer.global_step != self._last_step:
+        done = bool(self._history_steps) and self._history_steps[-1] == trainer.global_step
+        if self._enabled and self.at_end and not done:
             self._analyse(trainer, pl_module)
+        if self._clock is not None:
+            self._fit_seconds += time.perf_counter() - self._clock
+            self._clock = None
 
     # ------------------------------------------------------------------ one analysis
 
@@ -263,6 +297,7 @@ class InfoFlowCallback(Callback):
                 self._previous = None  # the next analysis starts cold
             return
         seconds = time.perf_counter() - started
+        self._analysis_seconds += seconds
         result.meta.update(step=step, epoch=trainer.current_epoch, seconds=seconds, warm_start=warm)
         self._previous = result
         self._history_steps.append(step)
@@ -325,6 +360,9 @@ class InfoFlowCallback(Callback):
             "layer_names": list(self._layer_names),
             "previous": prev.to_dict() if prev is not None else None,
             "failures": self.failures,
+            "skipped": self.skipped,
+            "analysis_seconds": self._analysis_seconds,
+            "fit_seconds": self._fit_seconds + (time.perf_counter() - self._clock if self._clock else 0.0),
         }
 
     @override
@@ -337,6 +375,9 @@ class InfoFlowCallback(Callback):
         prev = state_dict.get("previous")
         self._previous = InfoFlowResult.from_dict(prev) if prev is not None else None
         self.failures = int(state_dict.get("failures", 0))
+        self.skipped = int(state_dict.get("skipped", 0))
+        self._analysis_seconds = float(state_dict.get("analysis_seconds", 0.0))
+        self._fit_seconds = float(state_dict.get("fit_seconds", 0.0))
 
 
 class _Progress:

@@ -23,9 +23,9 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Literal, Optional, Union
+from typing import Any, Callable, Literal, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -72,31 +72,6 @@ def _layout(t: Tensor, batch_dim: int, time_dim: Optional[int]) -> Tensor:
     if time_dim is None:
         return t.movedim(batch_dim, 0).reshape(n, 1, -1)
     return t.movedim((batch_dim, time_dim), (0, 1)).reshape(n, t.shape[time_dim], -1)
-
-
-@contextmanager
-def _model_untouched(model: nn.Module, device: torch.device) -> Iterator[None]:
-    """Eval mode and frozen parameters for the duration; everything restored on exit, also on error.
-
-    Every submodule's ``training`` flag, every parameter's ``requires_grad`` and the global RNG (CPU,
-    and the model's CUDA device) are put back. Freezing the parameters keeps autograd from saving
-    what weight gradients would need; ``.grad`` is never written (gradients are taken with
-    :func:`torch.autograd.grad` with respect to ``log sigma`` only).
-    """
-    modes = [(m, m.training) for m in model.modules()]
-    grads = [(p, p.requires_grad) for p in model.parameters()]
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        try:
-            model.eval()
-            for p, _ in grads:
-                p.requires_grad_(False)
-            yield
-        finally:
-            for module, mode in modes:
-                module.training = mode
-            for p, flag in grads:
-                p.requires_grad_(flag)
 
 
 class InfoFlowEstimator:
@@ -258,7 +233,7 @@ class InfoFlowEstimator:
         device = self._device()
         mask = self._validate_batch(batch).to(device)
         batch = self._to(batch, device)
-        with _model_untouched(self.model, device):
+        with taps.model_untouched(self.model, device):
             prep = self._prepare(batch, mask, reference, device)
             return self._optimise(batch, mask, prep, init, tokens, device, on_step)
 
@@ -275,7 +250,7 @@ class InfoFlowEstimator:
         device = self._device()
         mask = self._validate_batch(batch).to(device)
         batch = self._to(batch, device)
-        with _model_untouched(self.model, device):
+        with taps.model_untouched(self.model, device):
             prep = self._prepare(batch, mask, None, device)
         return [t.name for t in prep["targets"]]
 

@@ -7,11 +7,12 @@ moves and repeats the user's batch.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import fnmatch
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any, Union
+from typing import Any, Iterator, Union
 
 import torch
 from torch import Tensor, nn
@@ -262,3 +263,32 @@ def find_batch_and_time_dims(
         return bdim, candidates[-1]
     tdim = min(candidates, key=lambda d: abs(d - bdim))
     return bdim, tdim
+
+
+@contextlib.contextmanager
+def model_untouched(model: nn.Module, device: torch.device) -> Iterator[None]:
+    """Eval mode and frozen parameters for the duration; everything restored on exit, also on error.
+
+    Every submodule's ``training`` flag, every parameter's ``requires_grad`` and the global RNG (CPU,
+    and the model's CUDA device) are put back. Freezing the parameters keeps autograd from saving what
+    weight gradients would need; callers take gradients with :func:`torch.autograd.grad` with respect to
+    their own tensors, so no ``.grad`` is written. On CUDA a model with a recurrent module runs with
+    cuDNN disabled: cuDNN's RNN backward refuses eval mode ("cudnn RNN backward can only be called in
+    training mode").
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    has_rnn = any(isinstance(m, nn.RNNBase) for m in model.modules())
+    cudnn = (torch.backends.cudnn.flags(enabled=False) if device.type == "cuda" and has_rnn
+             else contextlib.nullcontext())
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), cudnn:
+        try:
+            model.eval()
+            for p, _ in grads:
+                p.requires_grad_(False)
+            yield
+        finally:
+            for module, mode in modes:
+                module.training = mode
+            for p, flag in grads:
+                p.requires_grad_(flag)

@@ -22,7 +22,7 @@ from lightning_infoflow.callback import log_spaced_steps
 
 from lit_helpers import TinyClassifier, loaders, make_data, probe_ids
 
-FAST = dict(steps=4, warm_steps=2, samples=2, progress=False)
+FAST = dict(steps=4, warm_steps=2, samples=2, progress=False, max_overhead=None)
 
 
 def _trainer(tmp_path, callbacks, logger=None, **kw: Any) -> L.Trainer:
@@ -315,6 +315,16 @@ def test_probe_from_dataset_and_dataloader(tmp_path):
         trainer.fit(TinyClassifier(), tl, vl)
         assert cb.last_result.sigma.shape == (2, 6, 8)
         assert torch.equal(cb._probe.input_ids, data.tensors[0][:6])
+
+
+def test_overhead_budget_skips_analyses(tmp_path):
+    cb = InfoFlowCallback(probe_ids(), every_n_train_steps=2, **{**FAST, "max_overhead": 1e-6})
+    trainer = _trainer(tmp_path, [cb], max_steps=6)
+    tl, vl = loaders()
+    trainer.fit(TinyClassifier(), tl, vl)
+    assert _analysed_steps(cb) == [0, 6]  # the first and the last always run
+    assert cb.skipped == 4  # due at 1 (log-spaced), 2, 4 and 6; step 6 then runs as the end analysis
+    assert cb.state_dict()["analysis_seconds"] > 0
 
 
 def test_two_instances_have_distinct_state_keys():

@@ -42,6 +42,7 @@ trainer:
         warm_steps: 1
         samples: 2
         progress: false
+        max_overhead: null
 """
     )
     cli = LightningCLI(TinyClassifier, TinyDataModule, run=False, args=["--config", str(config)])
@@ -55,7 +56,7 @@ trainer:
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed support")
 def test_ddp_two_processes_logs_each_analysis_once(tmp_path):
     cb = InfoFlowCallback(probe_ids(), every_n_train_steps=3, log_spaced=False, steps=3, warm_steps=1, samples=2,
-                          progress=False)
+                          progress=False, max_overhead=None)
     logger = CSVLogger(tmp_path, name="ddp")
     trainer = L.Trainer(
         strategy="ddp_spawn", accelerator="cpu", devices=2, max_steps=6, logger=logger, callbacks=[cb],
