@@ -5,10 +5,24 @@ Neural Models in NLP" (ICML 2019): :class:`InfoFlowEstimator` learns per-word no
 layer of a model, :class:`InfoFlowCallback` runs it on a fixed probe while a Lightning Trainer trains.
 """
 
+from lightning_infoflow.attributes import WordAttributes, attribute_figure, load_concepts, word_attributes
+from lightning_infoflow.baselines import SaliencyResult, saliency
 from lightning_infoflow.callback import InfoFlowCallback
 from lightning_infoflow.estimator import InfoFlowEstimator
 from lightning_infoflow.probe import Probe, build_probe
 from lightning_infoflow.result import InfoFlowResult
 
-__all__ = ["InfoFlowCallback", "InfoFlowEstimator", "InfoFlowResult", "Probe", "build_probe"]
+__all__ = [
+    "InfoFlowCallback",
+    "InfoFlowEstimator",
+    "InfoFlowResult",
+    "Probe",
+    "SaliencyResult",
+    "WordAttributes",
+    "attribute_figure",
+    "build_probe",
+    "load_concepts",
+    "saliency",
+    "word_attributes",
+]
 __version__ = "0.1.0"
