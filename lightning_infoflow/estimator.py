@@ -47,6 +47,15 @@ class _StopForward(BaseException):
     """
 
 
+def _human(n: float) -> str:
+    """Bytes as text: ``'1.5 MiB'``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n:.0f} B"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
 @dataclass
 class _Target:
     """One row of the result: a watched module and which of its time steps make up the state ``s``."""
@@ -466,7 +475,8 @@ class InfoFlowEstimator:
 
     # ------------------------------------------------------------------ optimisation
 
-    def _chunk_size(self, copies: int, per_copy_bytes: float, device: torch.device) -> int:
+    def _chunk_size(self, copies: int, per_copy_bytes: float, fixed_bytes: float, device: torch.device) -> int:
+        """Copies per forward: ``chunk_size``, or as many as fit the budget left after ``fixed_bytes``."""
         if self.chunk_size != "auto":
             return min(int(self.chunk_size), copies)
         budget = self.memory_budget
@@ -476,11 +486,12 @@ class InfoFlowEstimator:
                 budget = int(0.6 * free)
             else:
                 budget = _CPU_MEMORY_BUDGET
-        fit = int(budget // max(per_copy_bytes, 1.0))
+        fit = int((budget - fixed_bytes) // max(per_copy_bytes, 1.0))
         if fit < 1:
             raise ValueError(
-                f"one perturbed copy of the probe needs about {per_copy_bytes / 2**20:.0f} MiB of activations, "
-                f"more than memory_budget={budget / 2**20:.0f} MiB; raise `memory_budget` or shorten the probe"
+                f"one perturbed copy of the probe needs about {_human(per_copy_bytes)} of activations "
+                f"(plus {_human(fixed_bytes)} of noise for all copies), more than memory_budget={_human(budget)}; "
+                "raise `memory_budget` or shorten the probe"
             )
         return min(fit, copies)
 
@@ -514,7 +525,10 @@ class InfoFlowEstimator:
             per_copy = run.bytes_per_copy(x, rows=min(copies, 4))
         else:
             per_copy = 0.0
-        chunk = self._chunk_size(copies, per_copy, device)
+        # Every step draws the noise of all copies at once, so the draws do not depend on the chunking.
+        state_numel = run.max_state_shape[0] * run.max_state_shape[1]
+        noise_bytes = 4.0 * copies * max(seq * dim, state_numel)
+        chunk = self._chunk_size(copies, per_copy, noise_bytes, device)
         bounds = [(a, min(a + chunk, copies)) for a in range(0, copies, chunk)]
 
         # Start point: the previous result, or the closed-form optimum of the linearised objective.
@@ -522,9 +536,9 @@ class InfoFlowEstimator:
             log_sigma = self._warm_start(init, targets, mask, device)
         else:
             jac = torch.zeros(n_targets, bsz, seq, device=device)
+            u_all = torch.randn((copies, *run.max_state_shape), generator=gen, device=device)
             for a, b in bounds:
-                u = torch.randn((b - a, *run.max_state_shape), generator=gen, device=device)
-                sq = run.vjp_norms(a, b, x[b_idx[a:b]], u)
+                sq = run.vjp_norms(a, b, x[b_idx[a:b]], u_all[a:b])
                 jac.index_put_((g_idx[a:b], b_idx[a:b]), sq / m, accumulate=True)
             log_sigma = 0.5 * (torch.log(torch.tensor(dim * self.lam, device=device)) - math.log(2.0)
                                - torch.log(jac.clamp_min(1e-30)))
@@ -540,8 +554,9 @@ class InfoFlowEstimator:
         for step in range(self.steps):
             grad = prior_grad.clone()
             recon = torch.zeros(n_targets, device=device)
+            z_all = torch.randn((copies, seq, dim), generator=gen, device=device)
             for a, b in bounds:
-                z = torch.randn((b - a, seq, dim), generator=gen, device=device)
+                z = z_all[a:b]
                 with torch.enable_grad():
                     sig = log_sigma.exp()[g_idx[a:b], b_idx[a:b]]
                     noise = (sig * real[b_idx[a:b]]).unsqueeze(-1) * z

@@ -144,18 +144,25 @@ def test_seeded_runs_repeat_bitwise(padded: dict[str, Tensor]) -> None:
 
 
 def test_chunking_does_not_change_the_result() -> None:
-    """One copy per forward gives what one forward over all copies gives (same noise, other batching).
-
-    Every row of noise here has a multiple of 16 elements (T x K = T x H = 5 x 16), where torch's CPU
-    normal sampler yields the same stream however it is split into calls; otherwise chunking only keeps
-    the distribution of the noise, not the draws.
-    """
-    model = GRUStack(dim=16, hidden=16, layers=3)
+    """The chunking (``chunk_size``, or the memory budget) changes how copies are batched, never the noise
+    drawn for them: one copy per forward, 7 per forward and all at once give the same result."""
+    model = GRUStack(dim=12, hidden=14, layers=3)
     ids = random_ids(3, 5)
     whole = InfoFlowEstimator(model, layers="grus.*", steps=4, samples=2, chunk_size=10_000).estimate(ids)
-    split = InfoFlowEstimator(model, layers="grus.*", steps=4, samples=2, chunk_size=1).estimate(ids)
-    assert whole.meta["chunk_size"] == 3 * 2 * 3 and split.meta["chunk_size"] == 1
-    torch.testing.assert_close(split.sigma, whole.sigma, rtol=1e-4, atol=0)
+    assert whole.meta["chunk_size"] == 3 * 2 * 3
+    for chunk in (1, 7):
+        split = InfoFlowEstimator(model, layers="grus.*", steps=4, samples=2, chunk_size=chunk).estimate(ids)
+        assert split.meta["chunk_size"] == chunk
+        torch.testing.assert_close(split.sigma, whole.sigma, rtol=1e-4, atol=0)
+    budget = InfoFlowEstimator(model, layers="grus.*", steps=4, samples=2, memory_budget=40_000).estimate(ids)
+    assert 1 <= budget.meta["chunk_size"] < 3 * 2 * 3
+    torch.testing.assert_close(budget.sigma, whole.sigma, rtol=1e-4, atol=0)
+
+
+def test_memory_budget_too_small_is_an_error() -> None:
+    est = InfoFlowEstimator(GRUStack(), layers="grus.*", steps=1, memory_budget=1000)
+    with pytest.raises(ValueError, match=r"KiB of activations .* than memory_budget=1000 B; raise `memory_budget`"):
+        est.estimate(random_ids(3, 5))
 
 
 def test_reference_batch_sets_the_normalisation(padded: dict[str, Tensor]) -> None:
@@ -516,7 +523,8 @@ def test_embedding_cannot_be_a_layer() -> None:
         ("good", torch.ones(2, 4), "integer tensor.*ids.long()"),
         ("good", torch.ones(4, dtype=torch.long), r"shape \[B, T\]"),
         ("good", {"input_ids": torch.ones(2, 4, dtype=torch.long),
-                  "attention_mask": torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0]])}, r"sentence\(s\) \[1\] are all padding"),
+                  "attention_mask": torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0]])},
+         r"sentence\(s\) \[1\] are all padding"),
         ("good", [[1, 2, 3]], "LongTensor"),
         ("const", torch.ones(2, 4, dtype=torch.long), "'const' does not depend on the input.*downstream"),
         ("bad", torch.ones(2, 4, dtype=torch.long), "'bad' returned non-finite values"),

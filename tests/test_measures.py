@@ -66,8 +66,8 @@ def _result() -> InfoFlowResult:
     sigma = torch.tensor([[[1.0, 10.0, NAN], [0.5, 2.0, 4.0]],
                           [[10.0, 10.0, NAN], [10.0, 10.0, 10.0]]])  # [L=2, B=2, T=3]
     mask = torch.tensor([[True, True, False], [True, True, True]])
-    return InfoFlowResult(["a", "b"], sigma, mask, sigma_max=10.0, embedding_dim=2, tokens=[["x", "y"], ["p", "q", "r"]],
-                          meta={"step": 3})
+    return InfoFlowResult(["a", "b"], sigma, mask, sigma_max=10.0, embedding_dim=2,
+                          tokens=[["x", "y"], ["p", "q", "r"]], meta={"step": 3})
 
 
 def test_result_derived_fields() -> None:
