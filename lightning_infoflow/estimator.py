@@ -106,7 +106,8 @@ class InfoFlowEstimator:
             no time axis of the input's length (pooled, or a decoder's own length) is one state: "all".
         lr: Adam learning rate on ``log sigma``.
         chunk_size: copies per forward, or ``"auto"`` to fit ``memory_budget``.
-        memory_budget: bytes of activations per chunk; default: 60% of free memory on CUDA, 2 GiB on CPU.
+        memory_budget: bytes for one chunk's activations plus one step's noise for all copies; default:
+            60% of free memory on CUDA, 2 GiB on CPU. The chunking never changes the noise drawn.
         pad_token_id: id that marks padding when the batch is a bare tensor without ``attention_mask``.
         tol: stop early when no ``log sigma`` moved more than this over ``check_every`` steps.
         check_every: steps between convergence checks (the only host-device synchronisations).
