@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from contextlib import nullcontext
 from collections.abc import Sequence
 from typing import Any, Callable, Literal, Optional, Union
 
@@ -60,9 +61,10 @@ class InfoFlowCallback(Callback):
     restored, the noise comes from a private generator and the global RNG state is restored, and the
     gradient reaches only the noise scales (parameters' ``.grad`` are untouched).
 
-    Under DDP the analysis runs on global rank 0 only and the other ranks go on to the next step, where
-    the gradient all-reduce waits for rank 0: no collective is issued by this callback, so none can hang;
-    an analysis must finish within the process group's timeout (30 min by default).
+    Under DDP the probe sentences are split across the ranks, each rank estimates its share on its own
+    device (normalised by the hidden states of the whole probe, so the numbers match one process), and
+    the shares are gathered; rank 0 logs. A failure on any rank is known to every rank and training goes
+    on. ``distributed="rank_zero"`` instead analyses on rank 0 alone with no collective.
 
     Args:
         probe: the fixed probe: token ids ``[B, T]``, a dict batch with ``input_ids``, a list of strings
@@ -86,6 +88,13 @@ class InfoFlowCallback(Callback):
         max_overhead: keep the analyses' wall time under this fraction of the training's: a scheduled
             analysis is skipped (and counted in ``skipped``) while the analyses so far took more. The
             first analysis and the one at the end always run. ``None`` runs every scheduled analysis.
+        distributed: with several processes, ``"split"`` (default) gives each rank a share of the probe
+            sentences and gathers the results (an analysis takes about 1/world_size of the time; every rank
+            joins one ``all_gather`` per analysis and one ``broadcast`` per scheduled step), ``"rank_zero"``
+            analyses the whole probe on global rank 0 while the other ranks go on (no collective at all).
+            Sharded strategies (FSDP, DeepSpeed) are refused at setup: their forward needs every rank.
+        precision: ``"32"`` runs the estimator in float32 (default, autocast off); ``"training"`` runs it
+            in the Trainer's precision (``trainer.precision_plugin.forward_context()``, e.g. bf16 autocast).
         seed: seed of the estimator's private noise generator.
 
     Raises:
@@ -122,6 +131,8 @@ class InfoFlowCallback(Callback):
         save_results: bool = True,
         progress: bool = True,
         max_overhead: Optional[float] = 0.1,
+        distributed: Literal["split", "rank_zero"] = "split",
+        precision: Literal["32", "training"] = "32",
         seed: int = 0,
     ) -> None:
         if not (isinstance(every_n_train_steps, int) and every_n_train_steps > 0):
@@ -135,6 +146,10 @@ class InfoFlowCallback(Callback):
             raise ValueError(f"`lam` must be a positive number, got {lam!r}")
         if max_overhead is not None and not max_overhead > 0:
             raise ValueError(f"`max_overhead` must be a positive fraction or None, got {max_overhead!r}")
+        if distributed not in ("split", "rank_zero"):
+            raise ValueError(f"`distributed` must be 'split' or 'rank_zero', got {distributed!r}")
+        if precision not in ("32", "training"):
+            raise ValueError(f"`precision` must be '32' or 'training', got {precision!r}")
         if num_sentences is not None and num_sentences <= 0:
             raise ValueError(f"`num_sentences` must be positive or None, got {num_sentences!r}")
         self.probe_source = probe
@@ -156,6 +171,8 @@ class InfoFlowCallback(Callback):
         self.save_results = save_results
         self.progress = progress
         self.max_overhead = max_overhead
+        self.distributed = distributed
+        self.precision = precision
 
         self._early = set(log_spaced_steps(every_n_train_steps)) if log_spaced else set()
         self._probe: Optional[Probe] = None
@@ -213,6 +230,12 @@ class InfoFlowCallback(Callback):
             raise ValueError(
                 "InfoFlowCallback needs a logger to write to; pass e.g. Trainer(logger=TensorBoardLogger('runs'))"
             )
+        sharded = type(trainer.strategy).__name__
+        if sharded in ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy"):
+            raise ValueError(
+                f"InfoFlowCallback does not support {sharded}: a sharded model needs every rank in each forward, "
+                "which the analysis does not do yet. Use DDP (strategy='ddp'), or remove the callback."
+            )
         model = self._target(pl_module)
         self._probe = build_probe(self.probe_source, self.tokenizer, num_sentences=self.num_sentences)
         self._estimator = InfoFlowEstimator(model, self.layers, self.embedding, steps=self.steps,
@@ -251,7 +274,10 @@ class InfoFlowCallback(Callback):
         # only accumulate, and _last_step stops a second analysis of the same step.
         if not (self._enabled and self._due(trainer.global_step)):
             return
-        if self._over_budget():
+        skip = self._over_budget()
+        if self._split(trainer):
+            skip = bool(trainer.strategy.broadcast(skip, src=0))  # every rank must take the same decision
+        if skip:
             self._last_step = trainer.global_step
             self.skipped += 1
             if self.skipped == 1:
@@ -274,35 +300,91 @@ class InfoFlowCallback(Callback):
 
     # ------------------------------------------------------------------ one analysis
 
+    def _split(self, trainer: Trainer) -> bool:
+        return self.distributed == "split" and trainer.world_size > 1
+
     def _analyse(self, trainer: Trainer, pl_module: LightningModule) -> None:
         step = trainer.global_step
         self._last_step = step
-        if not trainer.is_global_zero:
+        split = self._split(trainer)
+        if not split and not trainer.is_global_zero:
             return
         assert self._estimator is not None and self._probe is not None
         started = time.perf_counter()
         warm = self._previous is not None
         self._estimator.steps = self.warm_steps if warm else self.steps
         try:
-            with _Progress(self.progress, f"infoflow step {step}", self._estimator.steps) as bar:
-                result = self._estimator.estimate(self._probe.batch, init=self._previous, tokens=self._probe.tokens,
-                                                  on_step=bar.update)
+            context = trainer.precision_plugin.forward_context() if self.precision == "training" else nullcontext()
+            with context, _Progress(self.progress and trainer.is_global_zero, f"infoflow step {step}",
+                                    self._estimator.steps) as bar:
+                if split:
+                    result = self._estimate_split(trainer, pl_module, bar.update)
+                else:
+                    result = self._estimator.estimate(self._probe.batch, init=self._previous,
+                                                      tokens=self._probe.tokens, on_step=bar.update)
         except Exception as err:  # noqa: BLE001 - training must go on
             self.failures += 1
             rank_zero_warn(
                 f"InfoFlowCallback: the analysis at step {step} failed and was skipped ({type(err).__name__}: {err}). "
                 "Training continues; the next analysis will try again."
             )
-            if warm:
-                self._previous = None  # the next analysis starts cold
+            self._previous = None  # the next analysis starts cold
             return
         seconds = time.perf_counter() - started
         self._analysis_seconds += seconds
-        result.meta.update(step=step, epoch=trainer.current_epoch, seconds=seconds, warm_start=warm)
+        result.meta.update(step=step, epoch=trainer.current_epoch, seconds=seconds, warm_start=warm,
+                           world_size=trainer.world_size if split else 1)
         self._previous = result
         self._history_steps.append(step)
         self._history.append(result.layer_information.clone())
-        self._log(trainer, result, step, seconds)
+        if trainer.is_global_zero:
+            self._log(trainer, result, step, seconds)
+
+    def _estimate_split(self, trainer: Trainer, pl_module: LightningModule,
+                        on_step: Callable[[int, int], None]) -> InfoFlowResult:
+        """Each rank estimates its share of the probe; the shares are gathered on every rank."""
+        assert self._estimator is not None and self._probe is not None
+        probe, world = self._probe, trainer.world_size
+        shares = torch.arange(len(probe)).tensor_split(world)
+        mine = shares[trainer.global_rank]
+        n_layers, seq = len(self._layer_names), probe.input_ids.shape[1]
+        width = max(len(s) for s in shares)
+        sigma = torch.full((n_layers, width, seq), float("nan"))
+        loss = torch.zeros(n_layers)
+        mask = torch.zeros(width, seq)
+        error: Optional[BaseException] = None
+        part: Optional[InfoFlowResult] = None
+        if len(mine):
+            try:
+                part = self._estimator.estimate(
+                    probe.select(mine), init=self._previous.select(mine) if self._previous is not None else None,
+                    reference=probe.batch, tokens=[probe.tokens[i] for i in mine.tolist()], on_step=on_step,
+                )
+                sigma[:, : len(mine)] = part.sigma
+                mask[: len(mine)] = part.mask.float()
+                loss = part.loss * len(mine)
+            except Exception as err:  # noqa: BLE001 - reported on every rank after the gather
+                error = err
+        ok = torch.tensor([0.0 if error else 1.0])
+        device = pl_module.device
+        gathered = pl_module.all_gather({"sigma": sigma.to(device), "mask": mask.to(device),
+                                         "loss": loss.to(device), "ok": ok.to(device)})
+        failed = [r for r in range(world) if float(gathered["ok"][r]) < 1]
+        if failed:
+            detail = f"{type(error).__name__}: {error}" if error else "see that rank's log"
+            raise RuntimeError(f"the analysis failed on rank(s) {failed} ({detail})")
+        full = torch.cat([gathered["sigma"][r, :, : len(s)].cpu() for r, s in enumerate(shares)], dim=1)
+        full_mask = torch.cat([gathered["mask"][r, : len(s)].cpu() for r, s in enumerate(shares)], dim=0)
+        return InfoFlowResult(
+            layer_names=list(self._layer_names),
+            sigma=full,
+            mask=full_mask.bool(),
+            sigma_max=float(self._estimator.sigma_max),
+            embedding_dim=int(self._estimator.embedding_dim),
+            loss=(gathered["loss"].sum(0) / len(probe)).cpu(),
+            tokens=probe.tokens,
+            meta=dict(part.meta) if part is not None else {},
+        )
 
     def _scalars(self, result: InfoFlowResult, seconds: float) -> dict[str, float]:
         values = {

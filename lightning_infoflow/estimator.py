@@ -194,6 +194,7 @@ class InfoFlowEstimator:
             raise ValueError(f"the embedding module {self.embedding_name!r} cannot also be a watched layer")
         self._modules = {n: taps.find_module(model, n, "layer") for n in self.layer_names}
         self.sigma_max = float(sigma_max) if sigma_max is not None else self._default_sigma_max()
+        self.embedding_dim: Optional[int] = None  # K, known after the first check() or estimate()
 
     @staticmethod
     def _check_position(position: Any) -> None:
@@ -328,6 +329,7 @@ class InfoFlowEstimator:
         # Forward on B sentences (clean) and on 2B (second half noisy): locates batch and time
         # dimensions, and shows whether each layer depends on its input at all.
         x, raw = self._clean_forward(batch, bsz)
+        self.embedding_dim = int(x.shape[-1])
         if not math.isfinite(self.sigma_max):
             self.sigma_max = 10.0 * float(x[mask].std())
         scale = torch.zeros(2 * bsz, 1, 1, device=device)

@@ -31,6 +31,14 @@ class Probe:
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
 
+    def select(self, sentences: Tensor) -> Batch:
+        """The batch rows of the given sentence indices (every tensor whose first dimension is the batch)."""
+        n = len(self)
+        if isinstance(self.batch, Tensor):
+            return self.batch[sentences]
+        return {k: v[sentences] if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == n else v
+                for k, v in self.batch.items()}
+
 
 def build_probe(
     probe: ProbeLike,

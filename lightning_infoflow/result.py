@@ -93,6 +93,21 @@ class InfoFlowResult:
         """Effective number of words each layer keeps, averaged over sentences (that have a state), ``[L]``."""
         return torch.nanmean(measures.effective_words(self.information), dim=-1)
 
+    def select(self, sentences: Tensor) -> InfoFlowResult:
+        """The result for a subset of the probe sentences (indices into the sentence dimension)."""
+        idx = torch.as_tensor(sentences, dtype=torch.long)
+        return InfoFlowResult(
+            layer_names=list(self.layer_names),
+            sigma=self.sigma[:, idx],
+            mask=self.mask[idx],
+            sigma_max=self.sigma_max,
+            embedding_dim=self.embedding_dim,
+            at_bound=None if self.at_bound is None else self.at_bound[:, idx],
+            loss=self.loss,
+            tokens=[self.tokens[i] for i in idx.tolist()] if self.tokens else None,
+            meta=dict(self.meta),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of tensors and primitives (loads with ``torch.load(weights_only=True)``)."""
         return {
