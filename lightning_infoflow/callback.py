@@ -93,6 +93,16 @@ class InfoFlowCallback(Callback):
             joins one ``all_gather`` per analysis and one ``broadcast`` per scheduled step), ``"rank_zero"``
             analyses the whole probe on global rank 0 while the other ranks go on (no collective at all).
             Sharded strategies (FSDP, DeepSpeed) are refused at setup: their forward needs every rank.
+        baselines: saliency methods to log next to the information heatmaps at each analysis
+            (``"gradient"``, ``"integrated_gradients"``, ``"perturbation"``, ``"lrp"``; see
+            :func:`~lightning_infoflow.saliency`); off by default. Their maps are saved with the raw result.
+        attributes: ``(sentence, word position or word-piece positions)`` pairs of the probe whose
+            attributes (Eqs. 8-9, :func:`~lightning_infoflow.word_attributes`) are logged at each analysis
+            as ``infoflow/attribute/s<sentence>w<word>/<concept>/<layer>`` (r = A_i - A_c) and a Fig. 8 figure.
+            Needs a ``tokenizer`` (for the vocabulary) and an ``nn.Embedding`` word embedding.
+        concepts: the concepts for ``attributes``: a dict, a JSON/YAML file or a shipped set's name.
+        vocab: the vocabulary for ``attributes`` (``{word: id}``, a list of words, or a Hugging Face
+            tokenizer); default: ``tokenizer``.
         precision: ``"32"`` runs the estimator in float32 (default, autocast off); ``"training"`` runs it
             in the Trainer's precision (``trainer.precision_plugin.forward_context()``, e.g. bf16 autocast).
         seed: seed of the estimator's private noise generator.
@@ -132,6 +142,10 @@ class InfoFlowCallback(Callback):
         progress: bool = True,
         max_overhead: Optional[float] = 0.1,
         distributed: Literal["split", "rank_zero"] = "split",
+        baselines: Sequence[str] = (),
+        attributes: Optional[Sequence[tuple[int, Union[int, list[int]]]]] = None,
+        concepts: Union[str, dict[str, list[str]]] = "sst2_example",
+        vocab: Optional[Any] = None,
         precision: Literal["32", "training"] = "32",
         seed: int = 0,
     ) -> None:
@@ -172,6 +186,15 @@ class InfoFlowCallback(Callback):
         self.progress = progress
         self.max_overhead = max_overhead
         self.distributed = distributed
+        from lightning_infoflow.baselines import METHODS
+
+        unknown = [m for m in baselines if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown baseline method(s) {unknown}; choose from {list(METHODS)}")
+        self.baselines = list(baselines)
+        self.attributes = [(int(s), w) for s, w in attributes] if attributes else []
+        self.concepts = concepts
+        self.vocab = vocab
         self.precision = precision
 
         self._early = set(log_spaced_steps(every_n_train_steps)) if log_spaced else set()
@@ -241,6 +264,16 @@ class InfoFlowCallback(Callback):
         self._estimator = InfoFlowEstimator(model, self.layers, self.embedding, steps=self.steps,
                                             **self.estimator_kwargs)
         self._layer_names = self._estimator.check(self._probe.batch)
+        if self.attributes:
+            if self.vocab is None and self.tokenizer is None:
+                raise ValueError("InfoFlowCallback(attributes=...) needs `vocab=` (or a `tokenizer=`) to look up "
+                                 "concept words")
+            from lightning_infoflow.attributes import load_concepts
+
+            self.concepts = load_concepts(self.concepts)
+            for sentence, _ in self.attributes:
+                if not 0 <= sentence < len(self._probe):
+                    raise ValueError(f"attributes: sentence {sentence} is not in the probe of {len(self._probe)}")
         fallback = trainer.default_root_dir
         self._dirs = [logger_dir(lg, fallback) for lg in trainer.loggers]
         rank_zero_info(
@@ -398,8 +431,36 @@ class InfoFlowCallback(Callback):
         scalars["infoflow/analysis_seconds"] = seconds
         return scalars
 
+    def _extras(self, result: InfoFlowResult) -> tuple[dict[str, Tensor], list[Any], dict[str, float]]:
+        """Baseline saliency maps, word attributes and their scalars for one analysis (rank 0)."""
+        from lightning_infoflow.attributes import word_attributes
+        from lightning_infoflow.baselines import saliency
+
+        assert self._estimator is not None and self._probe is not None
+        est = self._estimator
+        maps = {m: saliency(est.model, self._probe.batch, est.layer_names, m, embedding=est.embedding_name,
+                            position=est.position, pad_token_id=est.pad_token_id).values for m in self.baselines}
+        attrs, scalars = [], {}
+        for sentence, word in self.attributes:
+            vocab = self.vocab if self.vocab is not None else self.tokenizer
+            a = word_attributes(est, result, sentence, word, self.concepts, vocab, batch=self._probe.batch)
+            attrs.append(a)
+            tag = f"s{sentence}w{word if isinstance(word, int) else '_'.join(map(str, word))}"
+            for c, concept in enumerate(a.concepts):
+                for i, layer in enumerate(a.layer_names):
+                    scalars[f"infoflow/attribute/{tag}/{concept}/{layer}"] = float(a.remaining[i, c])
+        return maps, attrs, scalars
+
     def _log(self, trainer: Trainer, result: InfoFlowResult, step: int, seconds: float) -> None:
         scalars = self._scalars(result, seconds)
+        maps: dict[str, Tensor] = {}
+        attrs: list[Any] = []
+        if self.baselines or self.attributes:
+            try:
+                maps, attrs, extra = self._extras(result)
+                scalars.update(extra)
+            except Exception as err:  # noqa: BLE001 - the information itself is still logged
+                rank_zero_warn(f"InfoFlowCallback: baselines/attributes at step {step} failed ({type(err).__name__}: {err})")
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in scalars.items()})
         loggers = list(trainer.loggers)
         self._sinks.write_layout(loggers, {m: result.layer_names for m in _MEASURES})
@@ -410,9 +471,22 @@ class InfoFlowCallback(Callback):
             for directory in dict.fromkeys(self._dirs):
                 path = os.path.join(directory, "infoflow", "results")
                 os.makedirs(path, exist_ok=True)
-                result.save(os.path.join(path, f"step_{step:08d}.pt"))
+                data = result.to_dict()
+                if maps:
+                    data["baselines"] = maps
+                if attrs:
+                    data["attributes"] = [a.to_dict() for a in attrs]
+                torch.save(data, os.path.join(path, f"step_{step:08d}.pt"))
         if self.log_figures:
             figs = self._figures(result)
+            for b in range(min(self.max_heatmaps, result.sigma.shape[1]) if maps else 0):
+                figs[f"infoflow/baselines/sentence_{b}"] = (figures.comparison_heatmaps(result, maps, b),
+                                                            "information beside " + ", ".join(maps))
+            if attrs:
+                from lightning_infoflow.attributes import attribute_figure
+
+                figs["infoflow/attributes"] = (attribute_figure(attrs, titles=[a.word for a in attrs]),
+                                               "r = A_i - A_c per layer and concept (Fig. 8)")
             self._sinks.log_figures(loggers, figs, step, trainer.default_root_dir)
             for fig, _ in figs.values():
                 fig.clear()

@@ -6,7 +6,7 @@ saves it and may drop it (no figure manager holds a reference).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Optional
 
 import torch
@@ -74,4 +74,93 @@ def layer_profile(result: InfoFlowResult) -> Figure:
     twin = ax.twinx()
     twin.plot(x, result.effective_words.tolist(), marker="s", color="tab:orange")
     twin.set_ylabel("effective words", color="tab:orange")
+    return fig
+
+
+def layers_by_run(values: Mapping[str, Sequence[float]], layer_names: Sequence[str],
+                  ylabel: str = "mean information per word (nats)") -> Figure:
+    """One line per run of a per-layer measure against layer depth (runs of a sweep side by side).
+
+    ``values`` maps a run name to ``L`` numbers (NaN where a run lacks a layer).
+
+    Example::
+
+        >>> fig = layers_by_run({"wd=0": [9.0, 7.0], "wd=1e-3": [8.0, 2.0]}, ["l0", "l1"])
+        >>> [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        ['wd=0', 'wd=1e-3']
+    """
+    fig = Figure(figsize=(max(5.0, 0.7 * len(layer_names) + 3.0), 3.4), layout="constrained")
+    ax = fig.subplots()
+    x = list(range(len(layer_names)))
+    for name, row in values.items():
+        ax.plot(x, [float(v) for v in row], marker="o", markersize=4, label=name)
+    ax.set_xticks(x, labels=list(layer_names), rotation=45, ha="right", fontsize=8)
+    ax.set_xlabel("layer")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    return fig
+
+
+def saliency_by_run(rows: Mapping[str, Sequence[float]], words: Sequence[str], title: str = "") -> Figure:
+    """Runs x words heatmap of the information one layer keeps of each word of one sentence (Fig. 4).
+
+    ``rows`` maps a run name to one value per word; one colour scale for all runs, so rows compare.
+
+    Example::
+
+        >>> fig = saliency_by_run({"a": [1.0, 0.0], "b": [0.5, 0.5]}, ["good", "film"])
+        >>> [t.get_text() for t in fig.axes[0].get_yticklabels()]
+        ['a', 'b']
+    """
+    data = torch.tensor([[float(v) for v in row] for row in rows.values()]).numpy()
+    fig = Figure(figsize=(max(4.0, 0.45 * len(words) + 3.0), 0.4 * len(rows) + 1.7), layout="constrained")
+    ax = fig.subplots()
+    im = ax.imshow(data, aspect="auto", cmap="viridis")
+    ax.set_xticks(range(len(words)), labels=list(words), rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)), labels=list(rows), fontsize=8)
+    ax.set_title(title or "information per word (nats)", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.04)
+    return fig
+
+
+def curves_by_run(histories: Mapping[str, tuple[Sequence[int], Sequence[float]]],
+                  ylabel: str = "mean information per word (nats)", title: str = "") -> Figure:
+    """One measure against training step, one line per run: ``histories`` maps a run to (steps, values)."""
+    fig = Figure(figsize=(6.0, 3.6), layout="constrained")
+    ax = fig.subplots()
+    top = 0
+    for name, (steps, values) in histories.items():
+        ax.plot(list(steps), [float(v) for v in values], marker="o", markersize=3, label=name)
+        top = max([top, *steps])
+    if top > 10:
+        ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    return fig
+
+
+def comparison_heatmaps(result: InfoFlowResult, others: dict[str, Tensor], sentence: int) -> Figure:
+    """The information heatmap of one sentence beside other saliency maps of the same layers and words.
+
+    ``others`` maps a method name to ``[L, B, T]`` values (e.g. :class:`~lightning_infoflow.SaliencyResult`
+    ``.values``). Each panel has its own colour range: the methods have different units.
+    """
+    real = result.mask[sentence]
+    words = result.tokens[sentence][: int(real.sum())] if result.tokens else [str(i) for i in range(int(real.sum()))]
+    panels = {"information (ours)": result.information[:, sentence][:, real], **{
+        name: torch.as_tensor(values)[:, sentence][:, real] for name, values in others.items()}}
+    width = max(4.0, 0.4 * len(words) + 2.0)
+    fig = Figure(figsize=(width * len(panels), 0.45 * len(result.layer_names) + 1.8), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (name, values) in zip(axes, panels.items()):
+        im = ax.imshow(values.numpy(), aspect="auto", cmap="viridis")
+        ax.set_xticks(range(len(words)), labels=words, rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(len(result.layer_names)), labels=result.layer_names, fontsize=7)
+        ax.set_title(name, fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.04)
     return fig

@@ -331,3 +331,26 @@ def test_two_instances_have_distinct_state_keys():
     a = InfoFlowCallback(probe_ids(), layers="model.rnns.0")
     b = InfoFlowCallback(probe_ids(), layers="model.rnns.1")
     assert a.state_key != b.state_key
+
+
+def test_baselines_and_attributes_are_logged_and_saved(tmp_path):
+    vocab = [f"w{i}" for i in range(50)]
+    concepts = {"low": ["w1", "w2", "w3"], "high": ["w40", "w41", "w42"], "missing": ["w1", "nope"]}
+    cb = InfoFlowCallback(probe_ids(), every_n_train_steps=4, log_spaced=False, baselines=["gradient"],
+                          attributes=[(0, 0)], concepts=concepts, vocab=vocab, max_heatmaps=1, **FAST)
+    logger = CSVLogger(tmp_path)
+    trainer = _trainer(tmp_path, [cb], logger=logger, max_steps=4)
+    tl, vl = loaders()
+    trainer.fit(TinyClassifier(), tl, vl)
+    key = "infoflow/attribute/s0w0/low/model.rnns.1"
+    assert key in trainer.callback_metrics and torch.isfinite(trainer.callback_metrics[key])
+    data = torch.load(os.path.join(logger.log_dir, "infoflow", "results", "step_00000004.pt"), weights_only=True)
+    assert data["baselines"]["gradient"].shape == data["sigma"].shape
+    assert data["attributes"][0]["missing"]["missing"] == ["nope"]
+    pngs = glob.glob(os.path.join(logger.log_dir, "infoflow", "images", "*.png"))
+    assert any("baselines__sentence_0" in p for p in pngs) and any("attributes" in p for p in pngs)
+
+
+def test_unknown_baseline_is_rejected():
+    with pytest.raises(ValueError, match="unknown baseline method"):
+        InfoFlowCallback(probe_ids(), baselines=["saliency"])
