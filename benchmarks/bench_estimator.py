@@ -75,11 +75,13 @@ def job_baseline(args: argparse.Namespace) -> None:
     """The authors' loop on a few sentences, every layer."""
     model, batch, layers = _setup(args)
     idx = [int(i) for i in args.sentences.split(",")]
+    which = [int(i) for i in args.layers.split(",")] if args.layers else list(range(len(layers)))
     res, m = _measure(lambda: baseline_loop.run_baseline(
-        model, batch["input_ids"], batch["attention_mask"], idx, layers, batch, steps=args.steps,
-        raw_reg=args.raw_reg))
+        model, batch["input_ids"], batch["attention_mask"], idx, [layers[i] for i in which], batch,
+        steps=args.steps, raw_reg=args.raw_reg))
     words = [int(batch["attention_mask"][i].sum()) for i in idx]
-    _save(args.tag, dict(m, job="baseline", model=args.model, sentences=idx, words=words, steps=args.steps,
+    _save(args.tag, dict(m, job="baseline", model=args.model, sentences=idx, layers=which, words=words,
+                         n_layers=len(layers), steps=args.steps,
                          seconds_per_layer_sentence=res["seconds"].tolist(), loss=res["loss"].tolist(),
                          sigma_max=res["scale"]),
           {"sigma": res["sigma"], "sentences": torch.tensor(idx)})
@@ -292,24 +294,41 @@ def job_report(args: argparse.Namespace) -> None:
             grid[f"steps={rec['steps']},samples={rec['samples']}"] = dict(
                 steps=rec["steps"], samples=rec["samples"], quality=_quality(ten["sigma"], ref, mask), **_timing(rec))
         out["grid_ref_rows"] = grid
-        # baseline: one process per sentence, merged in the reference's row order
+        # baseline: one process per sentence (or per sentence and layer), merged in the reference's order
         parts = [_raw(Path(pth).stem) for pth in sorted(glob.glob(str(RAW / f"baseline_{model}_s*.json")))]
         parts = [q for q in parts if q is not None and q[0]["sentences"][0] in out["reference"]["rows"]]
         if parts:
-            parts.sort(key=lambda q: q[0]["sentences"][0])
-            rows = [q[0]["sentences"][0] for q in parts]
-            sig = torch.cat([q[1]["sigma"] for q in parts], dim=1)
-            cpu = [q[0]["cpu_s"] for q in parts]
-            wall = [q[0]["wall_s"] for q in parts]
+            rows = sorted({q[0]["sentences"][0] for q in parts})
+            n_layers = ref.shape[0]
+            sig = torch.full((n_layers, len(rows), parts[0][1]["sigma"].shape[2]), float("nan"))
+            cpu = {r: 0.0 for r in rows}
+            wall = {r: 0.0 for r in rows}
+            have = {r: set() for r in rows}
+            per_layer_wall = torch.full((n_layers, len(rows)), float("nan"))
+            for rec, ten in parts:
+                r = rec["sentences"][0]
+                lays = rec.get("layers", list(range(n_layers)))
+                sig[lays, rows.index(r)] = ten["sigma"][:, 0]
+                per_layer_wall[lays, rows.index(r)] = torch.tensor(rec["seconds_per_layer_sentence"])[:, 0]
+                cpu[r] += rec["cpu_s"]
+                wall[r] += rec["wall_s"]
+                have[r].update(lays)
+            complete = [r for r in rows if len(have[r]) == n_layers]
             out["baseline"] = dict(
-                sentences=rows, words=[q[0]["words"][0] for q in parts], steps=parts[0][0]["steps"],
-                cpu_s=cpu, wall_s=wall, peak_rss_mib=max(q[0]["peak_rss_mib"] for q in parts),
-                rss_before_mib=[q[0]["rss_before_mib"] for q in parts],
-                load=[(q[0]["load_before"], q[0]["load_after"]) for q in parts],
-                cpu_s_per_sentence=sum(cpu) / len(cpu), wall_s_per_sentence=sum(wall) / len(wall),
-                wall_s_per_layer_sentence=[q[0]["seconds_per_layer_sentence"] for q in parts],
-                extrapolated_32_cpu_s=32 * sum(cpu) / len(cpu), extrapolated_32_wall_s=32 * sum(wall) / len(wall),
-                quality=_quality(sig, ref, mask) if rows == out["reference"]["rows"] else None)
+                sentences=rows, complete_sentences=complete, steps=parts[0][0]["steps"],
+                words=[int(mask[out["reference"]["rows"].index(r)].sum()) for r in rows],
+                cpu_s_per_sentence={r: cpu[r] for r in rows}, wall_s_sum_per_sentence={r: wall[r] for r in rows},
+                wall_s_per_layer=per_layer_wall.tolist(),
+                peak_rss_mib=max(q[0]["peak_rss_mib"] for q in parts),
+                rss_before_mib=min(q[0]["rss_before_mib"] for q in parts),
+                load=[(q[0]["load_before"], q[0]["load_after"]) for q in parts])
+            if complete:
+                mean_cpu = sum(cpu[r] for r in complete) / len(complete)
+                mean_wall = sum(wall[r] for r in complete) / len(complete)
+                out["baseline"].update(extrapolated_32_cpu_s=32 * mean_cpu, extrapolated_32_wall_s=32 * mean_wall)
+                sel = [rows.index(r) for r in complete]
+                refsel = [out["reference"]["rows"].index(r) for r in complete]
+                out["baseline"]["quality"] = C.rel_errors(sig[:, sel, : ref.shape[2]], ref[:, refsel], mask[refsel])
         # timed runs on all 32 sentences
         timed = {}
         for path in sorted(glob.glob(str(RAW / f"time_{model}_st*_sa*.json"))):
@@ -396,6 +415,7 @@ def main() -> None:
     sp.add_argument("--sentences", default="0,2")
     sp.add_argument("--steps", type=int, default=5000)
     sp.add_argument("--raw-reg", action="store_true")
+    sp.add_argument("--layers", default=None, help="layer indices (comma-separated); default: all")
     sp.set_defaults(fn=job_baseline)
 
     sp = sub.add_parser("estimate")

@@ -7,8 +7,15 @@ export PYTHONWARNINGS=ignore
 B="python benchmarks/bench_estimator.py"
 stage="${1:-all}"
 
-baseline() {  # $1 = model, $2 = sentence: the authors' loop, 5,000 steps, all layers (one process per sentence)
+baseline() {  # $1 = model, $2 = sentence: the authors' loop, 5,000 steps, all layers in one process
   $B baseline --model "$1" --sentences "$2" --steps 5000 --tag baseline_$1_s$2
+}
+
+baseline_per_layer() {  # $1 = model, $2 = sentence, $3 = layers: one process per layer, side by side
+  for l in $(seq 0 $(($3 - 1))); do
+    $B baseline --model "$1" --sentences "$2" --layers $l --steps 5000 --tag baseline_$1_s$2_l$l &
+  done
+  wait
 }
 
 reference() {  # $1 = model: long runs on sentences 0 and 2 (normalisation from all 32), two seeds
@@ -42,6 +49,7 @@ warm() {  # a few hundred training steps, then cold vs warm on the fine-tuned we
     st=${cfg%%:*}; sa=${cfg##*:}
     $B estimate --model minilm --weights $W --rows 0,2 --steps $st --samples $sa --tag ftcold_minilm_st${st}_sa${sa}
   done
+  while [ ! -f /tmp/infoflow_bench_minilm_st10_sa4.pt ]; do sleep 10; done  # written by `timing minilm`
   for cfg in "0:4:0:2" "0:4:0:4" "10:4:0:4" "10:4:1:4" "10:4:2:4"; do  # init steps:samples, warm steps:samples
     is=$(echo $cfg | cut -d: -f1); ia=$(echo $cfg | cut -d: -f2); ws=$(echo $cfg | cut -d: -f3); wa=$(echo $cfg | cut -d: -f4)
     $B estimate --model minilm --weights $W --steps $ws --samples $wa --init /tmp/infoflow_bench_minilm_st${is}_sa${ia}.pt \
@@ -50,13 +58,15 @@ warm() {  # a few hundred training steps, then cold vs warm on the fine-tuned we
 }
 
 case "$stage" in
-  baseline) baseline "$2" "$3" ;;          # e.g. bash benchmarks/run_all.sh baseline minilm 0
+  baseline) baseline "$2" "$3" ;;          # e.g. bash benchmarks/run_all.sh baseline bert4x256 0
+  baseline_per_layer) baseline_per_layer "$2" "$3" "$4" ;;  # e.g. ... baseline_per_layer minilm 0 6
   quality) reference "$2"; grid "$2" ;;    # e.g. bash benchmarks/run_all.sh quality minilm
   timing) timing "$2" ;;
   warm) warm ;;
   report) python benchmarks/bench_estimator.py report ;;
   all)
-    for m in minilm bert4x256; do for s in 0 2; do baseline $m $s; done; reference $m; grid $m; timing $m; done
+    baseline_per_layer minilm 0 6; baseline bert4x256 0
+    for m in minilm bert4x256; do reference $m; grid $m; timing $m; done
     warm
     python benchmarks/bench_estimator.py report ;;
 esac
