@@ -332,13 +332,18 @@ def match_probes(runs: Sequence[Run]) -> Matched:
 # --------------------------------------------------------------------------- findings
 
 
-def run_findings(run: Run, stop_words: Collection[str] = guidance.STOP_WORDS, label: Optional[str] = None) -> list[Finding]:
-    """Every single-run rule on one run: too little information (absolute bar), collapses, noisy words, phases."""
+def run_findings(run: Run, stop_words: Collection[str] = guidance.STOP_WORDS, label: Optional[str] = None,
+                 absolute_bar: bool = True) -> list[Finding]:
+    """The single-run rules on one run: too little information (the absolute bar, when ``absolute_bar``),
+    information collapses over the history, noisy use of words at the last analysis, and phases.
+
+    ``label`` names the run in the findings (``None`` for a report on one run).
+    """
     names = run.layer_names
     info = _aligned_history(run)
-    findings = guidance.too_little_information({label or run.name: run.last}, {label or run.name: run.hparams})
-    if label is None:
-        findings = [_with_run(f, None) for f in findings]
+    findings: list[Finding] = []
+    if absolute_bar:
+        findings += guidance.too_little_information({label or run.name: run.last}, {label or run.name: run.hparams})
     if info is not None:
         findings += guidance.collapse_findings(run.steps, info, run.loss_history(), names, run=label)
     findings += guidance.noisy_word_use(run.last, stop_words, run=label)
@@ -349,17 +354,12 @@ def run_findings(run: Run, stop_words: Collection[str] = guidance.STOP_WORDS, la
 
 def compare_findings(runs: Sequence[Run], scores: Optional[Mapping[str, float]] = None, score_name: str = "score",
                      stop_words: Collection[str] = guidance.STOP_WORDS) -> list[Finding]:
-    """Cross-run rules (too little information relative to the best run) plus every run's own rules."""
+    """Too little information relative to the best run of the sweep, then every run's own rules."""
     findings = guidance.too_little_information({r.name: r.last for r in runs}, {r.name: r.hparams for r in runs},
                                                scores, score_name=score_name)
     for run in runs:
-        own = run_findings(run, stop_words, label=run.name)
-        findings += [f for f in own if f.rule != "too_little_information"]
+        findings += run_findings(run, stop_words, label=run.name, absolute_bar=False)
     return findings
-
-
-def _with_run(f: Finding, run: Optional[str]) -> Finding:
-    return Finding(f.rule, f.severity, f.message, f.measured, f.threshold, f.suggestion, run, f.layer, f.step, f.extra)
 
 
 def _aligned_history(run: Run) -> Optional[Tensor]:

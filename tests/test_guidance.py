@@ -3,13 +3,14 @@ the measured numbers, the threshold and a suggestion."""
 
 from __future__ import annotations
 
+import doctest
 import math
+from types import ModuleType
 
 import pytest
 import torch
 
-from lightning_infoflow import InfoFlowResult
-from lightning_infoflow import guidance
+from lightning_infoflow import InfoFlowResult, figures, guidance, report
 from lightning_infoflow.guidance import (
     Finding,
     collapse_finding,
@@ -195,3 +196,10 @@ def test_phases_compression_from_the_start_and_too_few_analyses():
     found = information_phases([0, 5, 50], [[10.0], [8.0], [6.0]])
     assert len(found) == 1 and "compresses from the start" in found[0].message
     assert information_phases([0, 5], [[1.0], [2.0]]) == []
+
+
+@pytest.mark.parametrize("module", [guidance, report, figures], ids=lambda m: m.__name__)
+def test_docstring_examples_run(module: ModuleType) -> None:
+    failed, attempted = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert attempted > 0, f"{module.__name__} has no docstring example"
+    assert failed == 0
