@@ -103,6 +103,10 @@ class InfoFlowCallback(Callback):
         concepts: the concepts for ``attributes``: a dict, a JSON/YAML file or a shipped set's name.
         vocab: the vocabulary for ``attributes`` (``{word: id}``, a list of words, or a Hugging Face
             tokenizer); default: ``tokenizer``.
+        loss_key: the training loss in ``trainer.callback_metrics`` (default: the first of ``train_loss``,
+            ``train/loss``, ``loss``), read at each analysis for the collapse check.
+        warn_collapse: warn when a layer's information falls steeply between two analyses while the
+            training loss does not improve (:func:`lightning_infoflow.guidance.collapse_finding`).
         precision: ``"32"`` runs the estimator in float32 (default, autocast off); ``"training"`` runs it
             in the Trainer's precision (``trainer.precision_plugin.forward_context()``, e.g. bf16 autocast).
         seed: seed of the estimator's private noise generator.
@@ -146,6 +150,8 @@ class InfoFlowCallback(Callback):
         attributes: Optional[Sequence[tuple[int, Union[int, list[int]]]]] = None,
         concepts: Union[str, dict[str, list[str]]] = "sst2_example",
         vocab: Optional[Any] = None,
+        loss_key: Optional[str] = None,
+        warn_collapse: bool = True,
         precision: Literal["32", "training"] = "32",
         seed: int = 0,
     ) -> None:
@@ -195,6 +201,8 @@ class InfoFlowCallback(Callback):
         self.attributes = [(int(s), w) for s, w in attributes] if attributes else []
         self.concepts = concepts
         self.vocab = vocab
+        self.loss_key = loss_key
+        self.warn_collapse = warn_collapse
         self.precision = precision
 
         self._early = set(log_spaced_steps(every_n_train_steps)) if log_spaced else set()
@@ -207,6 +215,7 @@ class InfoFlowCallback(Callback):
         self._last_step = -1
         self._history_steps: list[int] = []
         self._history: list[Tensor] = []
+        self._losses: list[float] = []
         self._layer_names: list[str] = []
         self._previous: Optional[InfoFlowResult] = None
         self.failures = 0
@@ -370,8 +379,27 @@ class InfoFlowCallback(Callback):
         self._previous = result
         self._history_steps.append(step)
         self._history.append(result.layer_information.clone())
+        self._losses.append(self._training_loss(trainer))
         if trainer.is_global_zero:
             self._log(trainer, result, step, seconds)
+            self._check_collapse()
+
+    def _training_loss(self, trainer: Trainer) -> float:
+        keys = [self.loss_key] if self.loss_key else ["train_loss", "train/loss", "loss"]
+        for key in keys:
+            value = trainer.callback_metrics.get(key)
+            if value is not None:
+                return float(value)
+        return float("nan")
+
+    def _check_collapse(self) -> None:
+        if not self.warn_collapse or len(self._history) < 2:
+            return
+        from lightning_infoflow.guidance import collapse_finding
+
+        finding = collapse_finding(self._history_steps, torch.stack(self._history), self._losses, self._layer_names)
+        if finding is not None:
+            rank_zero_warn(f"InfoFlowCallback: {finding}")
 
     def _estimate_split(self, trainer: Trainer, pl_module: LightningModule,
                         on_step: Callable[[int, int], None]) -> InfoFlowResult:
@@ -513,6 +541,7 @@ class InfoFlowCallback(Callback):
             "last_step": self._last_step,
             "history_steps": list(self._history_steps),
             "history": torch.stack(self._history) if self._history else torch.zeros(0),
+            "losses": list(self._losses),
             "layer_names": list(self._layer_names),
             "previous": prev.to_dict() if prev is not None else None,
             "failures": self.failures,
@@ -527,6 +556,7 @@ class InfoFlowCallback(Callback):
         self._history_steps = [int(s) for s in state_dict["history_steps"]]
         history = state_dict["history"]
         self._history = list(history) if history.numel() else []
+        self._losses = [float(v) for v in state_dict.get("losses", [float("nan")] * len(self._history))]
         self._layer_names = list(state_dict["layer_names"])
         prev = state_dict.get("previous")
         self._previous = InfoFlowResult.from_dict(prev) if prev is not None else None

@@ -354,3 +354,19 @@ def test_baselines_and_attributes_are_logged_and_saved(tmp_path):
 def test_unknown_baseline_is_rejected():
     with pytest.raises(ValueError, match="unknown baseline method"):
         InfoFlowCallback(probe_ids(), baselines=["saliency"])
+
+
+def test_live_collapse_warning():
+    cb = InfoFlowCallback(probe_ids(), **FAST)
+    cb._layer_names = ["a", "b"]
+    cb._history_steps = [0, 100]
+    cb._history = [torch.tensor([50.0, 40.0]), torch.tensor([49.0, 10.0])]  # layer b loses 75%
+    cb._losses = [0.69, 0.69]  # while the loss does not improve
+    with pytest.warns(UserWarning, match="information_collapse"):
+        cb._check_collapse()
+    cb._losses = [0.69, 0.30]  # the loss improved a lot: compression, not collapse
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cb._check_collapse()
