@@ -467,26 +467,38 @@ class _Page:
         self.add(f'<figure><img src="data:image/png;base64,{encoded}" alt="{html.escape(caption)}">'
                  f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
-    def table(self, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    def table(self, header: Sequence[str], rows: Iterable[Sequence[Any]], css: str = "") -> None:
         head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
         body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(c))}</td>" for c in row) + "</tr>" for row in rows)
-        self.add(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        klass = f' class="{css}"' if css else ""
+        self.add(f"<table{klass}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
 
     def findings(self, findings: Sequence[Finding]) -> None:
-        if not findings:
-            self.text("No rule triggered.")
-            return
+        """Warnings as a list (numbers, threshold, suggestion); the phases of every layer as a table."""
+        warnings = [f for f in findings if f.severity == "warning"]
+        phases = [f for f in findings if f.rule == "information_phases"]
         items = []
-        for f in findings:
+        for f in warnings:
             numbers = ", ".join(f"{k} = {_cell(v)}" for k, v in f.measured.items())
             where = " · ".join(x for x in (f.run, f.layer) if x)
             items.append(
-                f'<li class="{f.severity}"><b>{html.escape(f.rule)}</b>'
+                f'<li class="warning"><b>{html.escape(f.rule)}</b>'
                 f'{" — " + html.escape(where) if where else ""}: {html.escape(f.message)}'
                 f"<br><small>measured: {html.escape(numbers)}<br>threshold: {html.escape(f.threshold)}</small>"
                 f"<br>try: {html.escape(f.suggestion)}</li>"
             )
-        self.add("<ul class='findings'>" + "".join(items) + "</ul>")
+        if items:
+            self.add("<ul class='findings'>" + "".join(items) + "</ul>")
+        else:
+            self.text("No rule triggered a warning.")
+        if phases:
+            self.add(f"<h3>Information peaks (Fig. 9; {html.escape(phases[0].threshold)})</h3>")
+            runs = any(f.run for f in phases)
+            header = [*(["run"] if runs else []), "layer", "peak step", "peak information", "rise to peak",
+                      "peak to last", "reading"]
+            self.table(header, [[*([f.run] if runs else []), f.layer, int(f.measured["peak_step"]),
+                                 f.measured["peak_information"], f"{100 * f.measured['rise']:+.0f}%",
+                                 f"{-100 * f.measured['fall']:+.0f}%", f.message] for f in phases], css="phases")
 
     def write(self, name: str = "report.html") -> str:
         path = os.path.join(self.out_dir, name)
@@ -504,7 +516,7 @@ th, td {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; font
 th {{ background: #f3f3f3; }} td:first-child, th:first-child {{ text-align: left; }}
 figure {{ display: inline-block; margin: 0.5em; vertical-align: top; }} img {{ max-width: 100%; }}
 figcaption {{ font-size: 0.85em; color: #555; }}
-li.warning {{ color: #8a3b00; margin-bottom: 0.6em; }} li.info {{ color: #234; margin-bottom: 0.6em; }}
+li.warning {{ color: #8a3b00; margin-bottom: 0.6em; }} table.phases td:last-child {{ text-align: left; }}
 </style></head>
 <body><h1>{title}</h1>
 {body}
