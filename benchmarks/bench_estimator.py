@@ -393,7 +393,80 @@ def job_report(args: argparse.Namespace) -> None:
         warm["warm_32"] = runs
         summary["warm_start"] = warm
     C.write_json(C.RESULTS / "summary.json", summary)
-    print(json.dumps(summary, indent=1, default=float)[:20000])
+    (C.RESULTS / "tables.md").write_text(_tables(summary))
+    print(_tables(summary))
+
+
+def _f(v: Any, fmt: str = "{:.3g}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def _tables(summary: dict[str, Any]) -> str:
+    """Markdown tables of the summary (CPU seconds are the primary time; the machine was shared)."""
+    lines = []
+    for model, out in summary["models"].items():
+        ref = out["reference"]
+        lines += [f"### {model}", "",
+                  f"Reference: sentences {ref['rows']}, {ref['seeds']} seed(s) x {ref['steps']} steps x "
+                  f"{ref['samples']} samples, lr {ref['lr']}; seed-to-seed median rel. diff "
+                  f"{_f(ref.get('seed_to_seed', {}).get('median'))}, seed vs reference "
+                  f"{_f(ref.get('seed_vs_mean', {}).get('median'))}.", "",
+                  "| method | sentences x layers | CPU s | wall s | peak RSS MiB | median rel. err (sentences "
+                  f"{ref['rows']}) | per layer |", "|---|---|---|---|---|---|---|"]
+        b = out.get("baseline")
+        if b:
+            q = b.get("quality") or {}
+            cpu = b["cpu_s_per_sentence"]
+            lines.append(f"| authors' loop, 5000 steps (measured) | {len(b['complete_sentences'])} x {len(ref and q.get('per_layer', [])) or '-'} | "
+                         f"{' + '.join(_f(v) for v in cpu.values())} | - | {_f(b['peak_rss_mib'], '{:.0f}')} | "
+                         f"{_f(q.get('median'))} | {' '.join(_f(v, '{:.2f}') for v in q.get('per_layer', []))} |")
+            if "extrapolated_32_cpu_s" in b:
+                lines.append(f"| authors' loop, extrapolated to 32 sentences | 32 x all | "
+                             f"{_f(b['extrapolated_32_cpu_s'], '{:.0f}')} | - | - | - | - |")
+        for key, t in out.get("timed_32", {}).items():
+            q = out["grid_ref_rows"].get(key, {}).get("quality") or t["quality_ref_rows"]
+            lines.append(f"| ours {key} | 32 x all | {_f(t['cpu_s'])} | {_f(t['wall_s'])} | "
+                         f"{_f(t['peak_rss_mib'], '{:.0f}')} | {_f(q['median'])} | "
+                         f"{' '.join(_f(v, '{:.2f}') for v in q['per_layer'])} |")
+        cap = out.get("captum_lig_n50")
+        if cap:
+            lines.append(f"| Captum LayerIntegratedGradients n_steps=50 | 32 x all | {_f(cap['cpu_s'])} | "
+                         f"{_f(cap['wall_s'])} | {_f(cap['peak_rss_mib'], '{:.0f}')} | n/a | |")
+        lines += ["", "Quality grid (sentences of the reference only; time = that small run, not 32 sentences):", "",
+                  "| steps | samples | median rel. err | p90 | per layer | CPU s |", "|---|---|---|---|---|---|"]
+        for key, g in sorted(out["grid_ref_rows"].items(), key=lambda kv: (kv[1]["steps"], kv[1]["samples"])):
+            q = g["quality"]
+            lines.append(f"| {g['steps']} | {g['samples']} | {_f(q['median'])} | {_f(q['p90'])} | "
+                         f"{' '.join(_f(v, '{:.2f}') for v in q['per_layer'])} | {_f(g['cpu_s'])} |")
+        if "cheapest_at_baseline_quality" in out:
+            c = out["cheapest_at_baseline_quality"]
+            lines += ["", f"Cheapest setting at the baseline's quality or better: **{c['setting']}** "
+                      f"(error {_f(c['quality_ref_rows'])} vs baseline {_f(c['baseline_quality'])}), "
+                      f"{_f(c['cpu_s'])} CPU s for 32 sentences: **{_f(c['speedup_cpu'], '{:.0f}')}x** "
+                      "fewer CPU seconds than the baseline extrapolated to 32 sentences."]
+        if "step_vs_floor" in out:
+            f = out["step_vs_floor"]
+            lines += ["", f"One step (samples=4, {f['copies']} copies): {_f(f['step_cpu_s'])} CPU s; floor "
+                      f"(forward+backward of the same copies): truncated {_f(f['floor_truncated_cpu_s'])} s, "
+                      f"full depth {_f(f['floor_full_cpu_s'])} s; ratio {_f(f['ratio_to_truncated_cpu'])} "
+                      f"(truncated) / {_f(f['ratio_to_full_cpu'])} (full)."]
+        lines.append("")
+    w = summary.get("warm_start")
+    if w:
+        lines += ["### warm start (MiniLM after fine-tuning)", ""]
+        if "finetune" in w:
+            ft = w["finetune"]
+            lines.append(f"Fine-tuning: {ft['steps']} AdamW steps, batch {ft['batch']}, lr {ft['lr']}; loss "
+                         f"{_f(ft['loss_first10'])} -> {_f(ft['loss_last10'])}; median relative weight change "
+                         f"{_f(ft['median_relative_weight_change'])}.")
+        lines += ["", "| run | CPU s (32 sentences) | median rel. err vs reference on fine-tuned weights |",
+                  "|---|---|---|"]
+        for key, c in w.get("cold_on_finetuned", {}).items():
+            lines.append(f"| cold {key} | {_f(c['cpu_s_32'])} | {_f(c['quality']['median'])} |")
+        for key, r in w.get("warm_32", {}).items():
+            lines.append(f"| warm {key} | {_f(r['cpu_s'])} | {_f(r['quality_ref_rows']['median'])} |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------- main
