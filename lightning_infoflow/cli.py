@@ -91,7 +91,7 @@ def _print_findings(console: Console, findings: Sequence[Finding]) -> None:
         console.print(f"      try: {f.suggestion}")
     if infos:
         rows = [[f.run or "", f.layer or "", int(f.measured["peak_step"]), f.measured["peak_information"],
-                 f"{100 * f.measured['rise']:+.0f}%", f"{-100 * f.measured['fall']:+.0f}%", _phase(f)]
+                 f"{100 * f.measured['rise']:+.1f}%", f"{-100 * f.measured['fall']:+.1f}%", _phase(f)]
                 for f in infos if f.rule == "information_phases"]
         header = ["run", "layer", "peak step", "peak info", "rise to peak", "peak to last", "phases"]
         if not any(r[0] for r in rows):
@@ -155,6 +155,11 @@ def report(run_dir: str, out: Optional[str], steps_spec: str, stop_words: Option
                   f"{last.sigma.shape[1]} probe sentences")
     for note in run.skipped:
         console.print(f"  skipped {note}")
+    if run.hparams:
+        console.print("Hyperparameters: " + ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(run.hparams.items())))
+    metrics = run.final_metrics()
+    if metrics:
+        console.print("Final validation: " + ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(metrics.items())))
     console.print(_table(f"Layers at step {run.steps[-1]}", *layer_table(run)))
     _print_findings(console, findings)
     pngs = sum(name.endswith(".png") for name in os.listdir(out_dir))

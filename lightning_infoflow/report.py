@@ -497,8 +497,8 @@ class _Page:
             header = [*(["run"] if runs else []), "layer", "peak step", "peak information", "rise to peak",
                       "peak to last", "reading"]
             self.table(header, [[*([f.run] if runs else []), f.layer, int(f.measured["peak_step"]),
-                                 f.measured["peak_information"], f"{100 * f.measured['rise']:+.0f}%",
-                                 f"{-100 * f.measured['fall']:+.0f}%", f.message] for f in phases], css="phases")
+                                 f.measured["peak_information"], f"{100 * f.measured['rise']:+.1f}%",
+                                 f"{-100 * f.measured['fall']:+.1f}%", f.message] for f in phases], css="phases")
 
     def write(self, name: str = "report.html") -> str:
         path = os.path.join(self.out_dir, name)
