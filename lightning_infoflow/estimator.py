@@ -494,7 +494,7 @@ class InfoFlowEstimator:
             raise ValueError(
                 f"one perturbed copy of the probe needs about {_human(per_copy_bytes)} of activations "
                 f"(plus {_human(fixed_bytes)} of noise for all copies), more than memory_budget={_human(budget)}; "
-                "raise `memory_budget` or shorten the probe"
+                "raise `memory_budget`, or probe fewer or shorter sentences (a fixed `chunk_size` skips this check)"
             )
         return min(fit, copies)
 
@@ -548,8 +548,12 @@ class InfoFlowEstimator:
         log_sigma = log_sigma.clamp(max=log_max).masked_fill(~words, 0.0)
         log_sigma = log_sigma.contiguous().requires_grad_(True)
 
-        opt = torch.optim.Adam([log_sigma], lr=self.lr)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(self.steps, 1), eta_min=0.1 * self.lr)
+        rule = getattr(self, "_rule", "adam")
+        lr0 = getattr(self, "_warm_lr", self.lr) if init is not None else self.lr
+        opt = torch.optim.Adam([log_sigma], lr=lr0)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(self.steps, 1), eta_min=0.1 * lr0)
+        tau = getattr(self, "_tau", 10.0)
+        t0 = getattr(self, "_t0", 0.0) if init is not None else 0.0
         recon = torch.zeros(n_targets, device=device)
         prior_grad = -words.float()
         last_check = log_sigma.detach().clone()
@@ -567,9 +571,13 @@ class InfoFlowEstimator:
                     loss = err.sum() / (dim * self.lam * m)
                     grad += torch.autograd.grad(loss, log_sigma)[0]
                 recon.index_add_(0, g_idx[a:b], err.detach() / (dim * self.lam * m))
-            log_sigma.grad = grad
-            opt.step()
-            sched.step()
+            if rule == "adam":
+                log_sigma.grad = grad
+                opt.step()
+                sched.step()
+            else:
+                eta = lr0 / (1.0 + (step + t0) / tau)
+                log_sigma.sub_(eta * grad.clamp(-1.0, getattr(self, "_gclip", 2.0)))
             log_sigma.clamp_(max=log_max)
             steps_run = step + 1
             if on_step is not None:
@@ -726,7 +734,10 @@ class _ChunkRunner:
             if ptr not in params and ptr not in seen:
                 seen.add(ptr)
                 saved += t.untyped_storage().nbytes()
-            return t
+            # Detached: the storage stays alive (pointers stay unique) but the packed tensor holds no
+            # grad_fn. Returning ``t`` itself would tie a saved output to its own graph node, a cycle
+            # the garbage collector cannot see, and leak the graph of every analysis.
+            return t.detach()
 
         deepest = max(range(len(self.targets)), key=lambda g: self.order[self.targets[g].module_name])
         a = int(deepest * self.per_target)

@@ -266,6 +266,30 @@ def find_batch_and_time_dims(
 
 
 @contextlib.contextmanager
+def eager() -> Iterator[None]:
+    """Run ``torch.compile``'d modules and functions eagerly for the duration, compiling nothing.
+
+    The analysis hooks modules, switches them to eval mode and feeds batches of other shapes: under
+    a compiled module each of these would fail a guard and trigger a recompilation (and could evict the
+    training graph from the cache). With torch>=2.6 this is ``torch.compiler.set_stance("force_eager")``;
+    on older versions ``torch._dynamo.config.disable`` is set instead, which skips compilation of new
+    frames (already compiled code may still run).
+    """
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    if set_stance is not None:
+        with set_stance("force_eager"):
+            yield
+        return
+    try:  # torch < 2.6
+        import torch._dynamo.config as dynamo_config
+    except ImportError:  # pragma: no cover - builds without dynamo
+        yield
+        return
+    with dynamo_config.patch(disable=True):
+        yield
+
+
+@contextlib.contextmanager
 def model_untouched(model: nn.Module, device: torch.device) -> Iterator[None]:
     """Eval mode and frozen parameters for the duration; everything restored on exit, also on error.
 
@@ -274,14 +298,15 @@ def model_untouched(model: nn.Module, device: torch.device) -> Iterator[None]:
     weight gradients would need; callers take gradients with :func:`torch.autograd.grad` with respect to
     their own tensors, so no ``.grad`` is written. On CUDA a model with a recurrent module runs with
     cuDNN disabled: cuDNN's RNN backward refuses eval mode ("cudnn RNN backward can only be called in
-    training mode").
+    training mode"). Compiled modules run eagerly (:func:`eager`): nothing is compiled for the analysis
+    and the training graph's compiled code is neither replaced nor recompiled.
     """
     modes = [(m, m.training) for m in model.modules()]
     grads = [(p, p.requires_grad) for p in model.parameters()]
     has_rnn = any(isinstance(m, nn.RNNBase) for m in model.modules())
     cudnn = (torch.backends.cudnn.flags(enabled=False) if device.type == "cuda" and has_rnn
              else contextlib.nullcontext())
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), cudnn:
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), cudnn, eager():
         try:
             model.eval()
             for p, _ in grads:
