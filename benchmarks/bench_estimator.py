@@ -291,8 +291,9 @@ def job_report(args: argparse.Namespace) -> None:
             tag = Path(path).stem
             rec, ten = _raw(tag)  # type: ignore[misc]
             summary["machine"] = rec["machine"]
-            grid[f"steps={rec['steps']},samples={rec['samples']}"] = dict(
-                steps=rec["steps"], samples=rec["samples"], quality=_quality(ten["sigma"], ref, mask), **_timing(rec))
+            lr = "" if rec["lr"] == 0.1 else f",lr={rec['lr']}"
+            grid[f"steps={rec['steps']},samples={rec['samples']}{lr}"] = dict(
+                steps=rec["steps"], samples=rec["samples"], lr=rec["lr"], quality=_quality(ten["sigma"], ref, mask), **_timing(rec))
         out["grid_ref_rows"] = grid
         # baseline: one process per sentence (or per sentence and layer), merged in the reference's order
         parts = [_raw(Path(pth).stem) for pth in sorted(glob.glob(str(RAW / f"baseline_{model}_s*.json")))]
@@ -463,10 +464,10 @@ def _tables(summary: dict[str, Any]) -> str:
             lines.append(f"| Captum LayerIntegratedGradients n_steps=50 | 32 x all | {_f(cap['cpu_s'])} | "
                          f"{_f(cap['wall_s'])} | {_f(cap['peak_rss_mib'], '{:.0f}')} | n/a | |")
         lines += ["", "Quality grid (sentences of the reference only; time = that small run, not 32 sentences):", "",
-                  "| steps | samples | median rel. err | p90 | per layer | CPU s |", "|---|---|---|---|---|---|"]
+                  "| steps | samples | lr | median rel. err | p90 | per layer | CPU s |", "|---|---|---|---|---|---|---|"]
         for key, g in sorted(out["grid_ref_rows"].items(), key=lambda kv: (kv[1]["steps"], kv[1]["samples"])):
             q = g["quality"]
-            lines.append(f"| {g['steps']} | {g['samples']} | {_f(q['median'])} | {_f(q['p90'])} | "
+            lines.append(f"| {g['steps']} | {g['samples']} | {g['lr']} | {_f(q['median'])} | {_f(q['p90'])} | "
                          f"{' '.join(_f(v, '{:.2f}') for v in q['per_layer'])} | {_f(g['cpu_s'])} |")
         if "cheapest_at_baseline_quality" in out:
             c = out["cheapest_at_baseline_quality"]

@@ -57,12 +57,23 @@ warm() {  # a few hundred training steps, then cold vs warm on the fine-tuned we
   done
 }
 
+bert_extra() {  # closer to the reference: more steps, lower lr (the random BERT is nearly linear)
+  $B estimate --model bert4x256 --rows 0,2 --steps 50 --samples 4 --lr 0.05 --tag grid_bert4x256_st50_sa4_lr0.05
+  $B estimate --model bert4x256 --rows 0,2 --steps 30 --samples 8 --lr 0.03 --tag grid_bert4x256_st30_sa8_lr0.03
+}
+
+baseline_short() {  # $1 = model, $2 = sentence, $3 = layer: timing only, 300 steps (cost is linear in steps)
+  $B baseline --model "$1" --sentences "$2" --layers "$3" --steps 300 --tag tbaseline_$1_s$2_l$3_steps300
+}
+
 case "$stage" in
   baseline) baseline "$2" "$3" ;;          # e.g. bash benchmarks/run_all.sh baseline bert4x256 0
   baseline_per_layer) baseline_per_layer "$2" "$3" "$4" ;;  # e.g. ... baseline_per_layer minilm 0 6
   quality) reference "$2"; grid "$2" ;;    # e.g. bash benchmarks/run_all.sh quality minilm
   timing) timing "$2" ;;
   warm) warm ;;
+  bert_extra) bert_extra ;;
+  baseline_short) baseline_short "$2" "$3" "$4" ;;
   report) python benchmarks/bench_estimator.py report ;;
   all)
     baseline_per_layer minilm 0 6; baseline bert4x256 0
