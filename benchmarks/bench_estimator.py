@@ -393,9 +393,11 @@ def job_report(args: argparse.Namespace) -> None:
                 floor_truncated_wall_s=f["truncated"]["wall_s"], floor_full_wall_s=f["full"]["wall_s"],
                 ratio_to_truncated_cpu=step_cpu / f["truncated"]["cpu_s"], ratio_to_full_cpu=step_cpu / f["full"]["cpu_s"],
                 floor_peak_rss_mib=f["peak_rss_mib"])
-        cap = _raw(f"captum_{model}")
-        if cap is not None:
-            out["captum_lig_n50"] = _timing(cap[0])
+        caps = sorted(glob.glob(str(RAW / f"captum_{model}*.json")))
+        if caps:
+            cap = _raw(Path(caps[0]).stem)
+            out["captum_lig_n50"] = dict(_timing(cap[0]), sentences=cap[0]["n"],  # type: ignore[index]
+                                         cpu_s_per_32=cap[0]["cpu_s"] * 32 / cap[0]["n"])  # type: ignore[index]
         summary["models"][model] = out
     # warm start (MiniLM, after fine-tuning)
     rfd = _reference("ref_ft_minilm")
@@ -461,7 +463,8 @@ def _tables(summary: dict[str, Any]) -> str:
                          f"{' '.join(_f(v, '{:.2f}') for v in q['per_layer'])} |")
         cap = out.get("captum_lig_n50")
         if cap:
-            lines.append(f"| Captum LayerIntegratedGradients n_steps=50 | 32 x all | {_f(cap['cpu_s'])} | "
+            lines.append(f"| Captum LayerIntegratedGradients n_steps=50 ({cap['sentences']} sentences, CPU s x "
+                         f"{32 / cap['sentences']:.3g} for 32) | 32 x all | {_f(cap['cpu_s_per_32'])} | "
                          f"{_f(cap['wall_s'])} | {_f(cap['peak_rss_mib'], '{:.0f}')} | n/a | |")
         lines += ["", "Quality grid (sentences of the reference only; time = that small run, not 32 sentences):", "",
                   "| steps | samples | lr | median rel. err | p90 | per layer | CPU s |", "|---|---|---|---|---|---|---|"]

@@ -66,12 +66,38 @@ baseline_short() {  # $1 = model, $2 = sentence, $3 = layer: timing only, 300 st
   $B baseline --model "$1" --sentences "$2" --layers "$3" --steps 300 --tag tbaseline_$1_s$2_l$3_steps300
 }
 
+warm_light() {  # what fitted the shared machine: shorter reference, warm starts from the closed-form result
+  W=/tmp/infoflow_bench_finetuned.pt
+  [ -f $W ] || $B finetune --model minilm --steps 200 --tag finetune_minilm --out $W
+  $B estimate --model minilm --weights $W --rows 0,2 --steps 80 --samples 4 --lr 0.05 --tol 0 --seed 0 --tag ref_ft_minilm_s0
+  for cfg in 0:4 5:4; do
+    st=${cfg%%:*}; sa=${cfg##*:}
+    $B estimate --model minilm --weights $W --rows 0,2 --steps $st --samples $sa --tag ftcold_minilm_st${st}_sa${sa}
+  done
+  for ws in 0 2; do
+    $B estimate --model minilm --weights $W --steps $ws --samples 4 --init /tmp/infoflow_bench_minilm_st0_sa4.pt \
+      --tag ftwarm_minilm_from_st0_sa4_st${ws}_sa4
+  done
+}
+
+timing_light() {  # $1 = model: what fitted the shared machine (the floor's chunk = the estimator's auto chunk)
+  for cfg in 0:2 0:4 0:8 5:4; do
+    st=${cfg%%:*}; sa=${cfg##*:}
+    $B estimate --model "$1" --steps $st --samples $sa --tag time_$1_st${st}_sa${sa} \
+      --save-result /tmp/infoflow_bench_$1_st${st}_sa${sa}.pt
+  done
+  $B floor --model "$1" --samples 4 --chunk 492 --reps 1 --tag floor_$1_sa4
+  $B captum --model "$1" --n 8 --tag captum_$1_n8   # 8 of the 32 sentences; x4 for 32
+}
+
 case "$stage" in
   baseline) baseline "$2" "$3" ;;          # e.g. bash benchmarks/run_all.sh baseline bert4x256 0
   baseline_per_layer) baseline_per_layer "$2" "$3" "$4" ;;  # e.g. ... baseline_per_layer minilm 0 6
   quality) reference "$2"; grid "$2" ;;    # e.g. bash benchmarks/run_all.sh quality minilm
   timing) timing "$2" ;;
   warm) warm ;;
+  timing_light) timing_light "$2" ;;
+  warm_light) warm_light ;;
   bert_extra) bert_extra ;;
   baseline_short) baseline_short "$2" "$3" "$4" ;;
   report) python benchmarks/bench_estimator.py report ;;
