@@ -397,7 +397,7 @@ class ReverseSeq2Seq(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None) -> Tensor:
         """Logits ``[B, L, V]`` for ``y_1..y_L``."""
-        n_enc, n_dec = self.split(input_ids.shape[1])
+        n_enc, _ = self.split(input_ids.shape[1])
         x = self.embedding(input_ids)
         e0, s0 = self.enc0(x[:, :n_enc])
         e1, s1 = self.enc1(e0)
