@@ -102,8 +102,12 @@ def test_ddp_two_processes_logs_each_analysis_once(tmp_path, mode):
     assert ddp0["sigma"].shape == one0["sigma"].shape == (2, 4, 8)
     if mode == "split":
         assert ddp0["meta"]["world_size"] == 2
+    # the ranks draw other noise than one process: compare within optimiser noise (two seeds of one
+    # process differ by a few percent per word at these settings)
     rel = ((ddp0["sigma"] - one0["sigma"]).abs() / one0["sigma"]).median()
-    assert rel < 0.05, rel
+    assert rel < 0.1, rel
+    info = lambda d: d["information"].nanmean(dim=(1, 2))  # noqa: E731
+    assert torch.allclose(info(ddp0), info(one0), rtol=0.03), (info(ddp0), info(one0))
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed support")
