@@ -14,8 +14,20 @@ on its own layer's state, and the gradient reaches only ``log sigma``.
 The start point is the closed-form optimum of the linearised problem: for small noise
 ``E||Phi(x+eps) - s||^2 ~ sum_i sigma_i^2 ||J_i||_F^2`` (``J_i`` the Jacobian of the normalised state
 with respect to word ``i``), whose minimiser is ``sigma_i^2 = K*lam / (2 ||J_i||_F^2)``. ``||J_i||_F^2``
-is estimated with ``samples`` random vector-Jacobian products. Adam then refines the nonlinear
-objective from there (or from a previous result: ``estimate(batch, init=previous)``).
+is estimated with ``samples`` random vector-Jacobian products. Stochastic gradient descent on
+``log sigma`` then refines the nonlinear objective from there (or from a previous result:
+``estimate(batch, init=previous)``).
+
+The optimiser: plain SGD on ``u = log sigma`` with the step ``eta_t = lr / (1 + t / 5)`` and the
+gradient clipped to ``[-1, 2]``. In ``u`` the problem is well scaled: the prior term's gradient is
+exactly -1 per word and, near the optimum, the reconstruction term's is ``(sigma / sigma*)^2``, so the
+curvature is about 2 everywhere and one step size fits every word, layer and model; the decaying step
+averages the noise of the few draws per step away. (Adam, used before, moves every word by about
+``lr`` in its first steps whatever its gradient, which spoils a good start point.) A warm start enters
+the same schedule where the step has fallen to ``warm_lr``. Precision: the estimator's own tensors
+(sigma, noise, errors, normalisation) are float32; the model runs as the caller runs it (under
+``torch.autocast`` its matmuls run in the autocast dtype; see the README for the measured agreement).
+Compiled modules run eagerly during an estimate (:func:`taps.eager`).
 """
 
 from __future__ import annotations
@@ -38,6 +50,8 @@ log = logging.getLogger(__name__)
 Position = Union[Literal["all", "each"], int, Sequence[int]]
 
 _CPU_MEMORY_BUDGET = 2 * 1024**3
+_TAU = 5.0  # steps over which the step size halves (eta_t = lr / (1 + t / _TAU))
+_MAX_GRAD = 2.0  # gradient clip on log sigma from above (from below it is -1, the prior term alone)
 
 
 class _StopForward(BaseException):
@@ -95,7 +109,7 @@ class InfoFlowEstimator:
             before position embeddings and LayerNorm). Name a whole block (e.g. ``"embeddings"`` of a
             BERT) to perturb after it instead.
         lam: lambda of Eq. 7; larger values allow more noise (less information everywhere).
-        steps: Adam steps after the closed-form start; 0 returns the linearised optimum.
+        steps: optimisation steps after the closed-form start; 0 returns the linearised optimum.
         samples: noise draws per step (and random projections for the start point).
         sigma_max: upper bound of sigma. Default: 10 x the std of the embedding weights.
         position: which time steps of a layer's output form ``s``: ``"all"`` (every real time step
@@ -104,7 +118,10 @@ class InfoFlowEstimator:
             (one result row per time step, named ``"layer@t"``, Sec. 4.1). A sentence for which the
             selected time step is padding has no state there: its row is NaN. A layer whose output has
             no time axis of the input's length (pooled, or a decoder's own length) is one state: "all".
-        lr: Adam learning rate on ``log sigma``.
+        lr: first step size of SGD on ``log sigma`` (decays as ``lr / (1 + t / 5)``).
+        warm_lr: first step size of a warm start (``init=``): the schedule is entered where it has
+            decayed to this value, so a good start point is refined rather than shaken. Default
+            ``0.4 * lr``; larger values follow bigger changes of the model faster but keep more noise.
         chunk_size: copies per forward, or ``"auto"`` to fit ``memory_budget``.
         memory_budget: bytes for one chunk's activations plus one step's noise for all copies; default:
             60% of free memory on CUDA, 2 GiB on CPU. The chunking never changes the noise drawn.
@@ -147,7 +164,8 @@ class InfoFlowEstimator:
         samples: int = 4,
         sigma_max: Optional[float] = None,
         position: Position = "all",
-        lr: float = 0.1,
+        lr: float = 0.25,
+        warm_lr: Optional[float] = None,
         chunk_size: Union[int, Literal["auto"]] = "auto",
         memory_budget: Optional[int] = None,
         pad_token_id: Optional[int] = None,
@@ -167,6 +185,8 @@ class InfoFlowEstimator:
             raise ValueError(f"`sigma_max` must be a positive number or None, got {sigma_max!r}")
         if not lr > 0:
             raise ValueError(f"`lr` must be positive, got {lr!r}")
+        if warm_lr is not None and not 0 < warm_lr <= lr:
+            raise ValueError(f"`warm_lr` must be in (0, lr={lr}] or None, got {warm_lr!r}")
         if chunk_size != "auto" and not (isinstance(chunk_size, int) and chunk_size > 0):
             raise ValueError(f"`chunk_size` must be a positive int or 'auto', got {chunk_size!r}")
         if memory_budget is not None and memory_budget <= 0:
@@ -182,6 +202,7 @@ class InfoFlowEstimator:
         self.samples = samples
         self.position = position
         self.lr = float(lr)
+        self.warm_lr = float(warm_lr) if warm_lr is not None else 0.4 * self.lr
         self.chunk_size = chunk_size
         self.memory_budget = memory_budget
         self.pad_token_id = pad_token_id
@@ -232,7 +253,7 @@ class InfoFlowEstimator:
             init: a previous result for the same sentences and layers to start from (warm start).
             reference: a batch whose hidden states give the normalisation ``var_e``; default: ``batch``.
             tokens: word strings per sentence, stored in the result for labels.
-            on_step: called as ``on_step(step, steps)`` after every Adam step (for progress bars).
+            on_step: called as ``on_step(step, steps)`` after every optimisation step (for progress bars).
 
         Returns:
             An :class:`InfoFlowResult` with tensors on the CPU.
@@ -548,12 +569,9 @@ class InfoFlowEstimator:
         log_sigma = log_sigma.clamp(max=log_max).masked_fill(~words, 0.0)
         log_sigma = log_sigma.contiguous().requires_grad_(True)
 
-        rule = getattr(self, "_rule", "adam")
-        lr0 = getattr(self, "_warm_lr", self.lr) if init is not None else self.lr
-        opt = torch.optim.Adam([log_sigma], lr=lr0)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(self.steps, 1), eta_min=0.1 * lr0)
-        tau = getattr(self, "_tau", 10.0)
-        t0 = getattr(self, "_t0", 0.0) if init is not None else 0.0
+        # Step size schedule eta_t = lr / (1 + t / tau): a warm start enters the schedule where the step
+        # is ``warm_lr`` (a good start point is kept, not shaken by the first steps).
+        offset = _TAU * (self.lr / self.warm_lr - 1.0) if init is not None else 0.0
         recon = torch.zeros(n_targets, device=device)
         prior_grad = -words.float()
         last_check = log_sigma.detach().clone()
@@ -571,13 +589,8 @@ class InfoFlowEstimator:
                     loss = err.sum() / (dim * self.lam * m)
                     grad += torch.autograd.grad(loss, log_sigma)[0]
                 recon.index_add_(0, g_idx[a:b], err.detach() / (dim * self.lam * m))
-            if rule == "adam":
-                log_sigma.grad = grad
-                opt.step()
-                sched.step()
-            else:
-                eta = lr0 / (1.0 + (step + t0) / tau)
-                log_sigma.sub_(eta * grad.clamp(-1.0, getattr(self, "_gclip", 2.0)))
+            eta = self.lr / (1.0 + (step + offset) / _TAU)
+            log_sigma.sub_(eta * grad.clamp_(-1.0, _MAX_GRAD))
             log_sigma.clamp_(max=log_max)
             steps_run = step + 1
             if on_step is not None:
