@@ -133,8 +133,11 @@ def main() -> None:
               help="Analyses to draw heatmaps for: first, last, peak, all or step numbers, comma-separated.")
 @click.option("--stop-words", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Stop-word list (words separated by white space) for the noisy-words rule.")
+@click.option("--min-words", type=click.FloatRange(min=0), default=guidance.TOO_LITTLE_ABSOLUTE, show_default=True,
+              help="Flag the run when its last layer keeps fewer effective words than this.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars (stderr).")
-def report(run_dir: str, out: Optional[str], steps_spec: str, stop_words: Optional[str], progress: bool) -> None:
+def report(run_dir: str, out: Optional[str], steps_spec: str, stop_words: Optional[str], min_words: float,
+           progress: bool) -> None:
     """One run's report: information per layer against step, heatmaps of every probe sentence, effective
     words and the findings. Writes a self-contained HTML file and PNGs, and prints a summary."""
     console = _out()
@@ -147,7 +150,7 @@ def report(run_dir: str, out: Optional[str], steps_spec: str, stop_words: Option
             chosen = parse_steps(steps_spec, run.steps, peak=peak_index(run))
         except ValueError as err:
             raise click.BadParameter(str(err), param_hint="--steps") from None
-        findings = run_findings(run, _stop_words(stop_words))
+        findings = run_findings(run, _stop_words(stop_words), absolute=min_words)
         out_dir = out or os.path.join(run.path, "infoflow", "report")
         path = write_run_report(run, out_dir, findings, chosen, progress=task)
     last = run.last
@@ -175,10 +178,12 @@ def report(run_dir: str, out: Optional[str], steps_spec: str, stop_words: Option
               help="Folder for compare.html and the PNGs.")
 @click.option("--metric", default=None, help="Validation scalar that ranks the runs [default: accuracy-like, else loss].")
 @click.option("--mode", type=click.Choice(["max", "min"]), default=None, help="Whether --metric is better high or low.")
+@click.option("--too-little-ratio", type=click.FloatRange(0, 1), default=guidance.TOO_LITTLE_RELATIVE, show_default=True,
+              help="Flag a run whose last layer keeps fewer effective words than this fraction of the best run's.")
 @click.option("--stop-words", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Stop-word list (words separated by white space) for the noisy-words rule.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars (stderr).")
-def compare(run_dirs: tuple[str, ...], out: str, metric: Optional[str], mode: Optional[str],
+def compare(run_dirs: tuple[str, ...], out: str, metric: Optional[str], mode: Optional[str], too_little_ratio: float,
             stop_words: Optional[str], progress: bool) -> None:
     """Runs side by side: per-layer information, last-layer saliency on the same probe sentences,
     hyperparameters, final validation metrics, then guidance. A folder holding several runs adds them all."""
@@ -196,7 +201,8 @@ def compare(run_dirs: tuple[str, ...], out: str, metric: Optional[str], mode: Op
             scores, score_name = pick_score(matched.runs, metric, mode)
         except RunError as err:
             raise click.ClickException(str(err)) from None
-        findings = compare_findings(matched.runs, scores, score_name or "score", _stop_words(stop_words))
+        findings = compare_findings(matched.runs, scores, score_name or "score", _stop_words(stop_words),
+                                    relative=too_little_ratio)
         path = write_comparison(matched.runs, out, findings, matched.notes, scores, progress=task)
     console.print(f"[bold]infoflow compare[/bold]: {len(matched.runs)} runs, {matched.sentences} shared probe sentences")
     for note in matched.notes:

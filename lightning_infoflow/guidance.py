@@ -233,9 +233,15 @@ def _lower_regularisation(mine: Mapping[str, Any], best: Optional[str], theirs: 
         shown = ", ".join(f"{k}={mine.get(k)!r} (run {best}: {theirs.get(k)!r})" for k in differing[:4])
         return (f"this run differs from run {best} in {shown}; move them towards the best run, and lower the "
                 "regularisation (weight decay, dropout) if these are not it")
-    current = [f"{k}={v!r}" for k, v in sorted(mine.items()) if is_regularisation(k) and _number(v)]
-    named = f" ({', '.join(current)})" if current else ""
-    return f"lower the regularisation{named}: weight decay / L2 penalty first, then dropout"
+    regs = [(k, v) for k, v in sorted(mine.items()) if is_regularisation(k) and _number(v) is not None]
+    active = [f"{k}={v!r}" for k, v in regs if _number(v)]
+    if active:
+        return f"lower the regularisation ({', '.join(active)}): weight decay / L2 penalty first, then dropout"
+    if regs:
+        zeros = ", ".join(f"{k}={v!r}" for k, v in regs)
+        return (f"this run has no regularisation to lower ({zeros}); the layer keeps few words for another reason: "
+                "train longer, or give the model more capacity")
+    return "lower the regularisation (weight decay / L2 penalty first, then dropout)"
 
 
 def _number(value: Any) -> Optional[float]:

@@ -173,13 +173,22 @@ def _default_name(log_dir: str) -> str:
 
 
 def run_names(paths: Sequence[str]) -> list[str]:
-    """Short distinct names: the paths relative to their common folder (the last folder when alone)."""
+    """Short distinct names: the paths relative to their common folder, without a last folder they all share
+    (``version_0``); the last two folders of a path alone.
+
+    >>> run_names(["runs/wd0/version_0", "runs/wd0.1/version_0"]), run_names(["a/x/version_0", "a/x/version_1"])
+    (['wd0', 'wd0.1'], ['version_0', 'version_1'])
+    """
     if len(paths) == 1:
         return [_default_name(paths[0])]
     absolute = [os.path.abspath(p) for p in paths]
     common = os.path.commonpath(absolute)
-    names = [os.path.relpath(p, common) if p != common else os.path.basename(p) for p in absolute]
-    return [n.replace(os.sep, "/") for n in names]
+    parts = [os.path.relpath(p, common).split(os.sep) if p != common else [os.path.basename(p)] for p in absolute]
+    if all(len(x) > 1 for x in parts) and len({x[-1] for x in parts}) == 1:
+        trimmed = [x[:-1] for x in parts]
+        if len({tuple(x) for x in trimmed}) == len(trimmed):
+            parts = trimmed
+    return ["/".join(x) for x in parts]
 
 
 class _LenientLoader(yaml.SafeLoader):
@@ -333,7 +342,7 @@ def match_probes(runs: Sequence[Run]) -> Matched:
 
 
 def run_findings(run: Run, stop_words: Collection[str] = guidance.STOP_WORDS, label: Optional[str] = None,
-                 absolute_bar: bool = True) -> list[Finding]:
+                 absolute_bar: bool = True, absolute: float = guidance.TOO_LITTLE_ABSOLUTE) -> list[Finding]:
     """The single-run rules on one run: too little information (the absolute bar, when ``absolute_bar``),
     information collapses over the history, noisy use of words at the last analysis, and phases.
 
@@ -343,7 +352,8 @@ def run_findings(run: Run, stop_words: Collection[str] = guidance.STOP_WORDS, la
     info = _aligned_history(run)
     findings: list[Finding] = []
     if absolute_bar:
-        findings += guidance.too_little_information({label or run.name: run.last}, {label or run.name: run.hparams})
+        findings += guidance.too_little_information({label or run.name: run.last}, {label or run.name: run.hparams},
+                                                    absolute=absolute)
     if info is not None:
         findings += guidance.collapse_findings(run.steps, info, run.loss_history(), names, run=label)
     findings += guidance.noisy_word_use(run.last, stop_words, run=label)
@@ -353,10 +363,11 @@ def run_findings(run: Run, stop_words: Collection[str] = guidance.STOP_WORDS, la
 
 
 def compare_findings(runs: Sequence[Run], scores: Optional[Mapping[str, float]] = None, score_name: str = "score",
-                     stop_words: Collection[str] = guidance.STOP_WORDS) -> list[Finding]:
+                     stop_words: Collection[str] = guidance.STOP_WORDS,
+                     relative: float = guidance.TOO_LITTLE_RELATIVE) -> list[Finding]:
     """Too little information relative to the best run of the sweep, then every run's own rules."""
     findings = guidance.too_little_information({r.name: r.last for r in runs}, {r.name: r.hparams for r in runs},
-                                               scores, score_name=score_name)
+                                               scores, score_name=score_name, relative=relative)
     for run in runs:
         findings += run_findings(run, stop_words, label=run.name, absolute_bar=False)
     return findings

@@ -131,8 +131,11 @@ def test_report_on_a_callback_run(trained, tmp_path):
 
 
 def test_report_default_out_and_chosen_steps(trained):
-    res = invoke("report", trained["csv"], "--steps", "3", "--no-progress")
+    res = invoke("report", trained["csv"], "--steps", "3", "--min-words", "100", "--no-progress")
     assert res.exit_code == 0, res.output
+    # a bar of 100 effective words flags the last layer of a probe of 8-word sentences; its dropout is 0 already
+    assert "! too_little_information (model.rnns.1)" in flat(res) and "fewer than 100 effective words" in flat(res)
+    assert "no regularisation to lower (dropout=0.0)" in flat(res)
     out = os.path.join(trained["csv"], "infoflow", "report")
     assert sorted(p for p in os.listdir(out) if p.startswith("heatmap_")) == [
         f"heatmap_step00000003_sentence{b}.png" for b in range(4)]
@@ -171,20 +174,23 @@ def test_compare_sweep_gives_guidance(sweep, tmp_path):
     assert res.exit_code == 0, res.output
     text = flat(res)
     assert "3 runs, 2 shared probe sentences" in text
-    assert "Best run by val/acc: wd1e-4/version_0" in text
-    assert "! too_little_information (wd1e-3/version_0 · enc.1)" in text
-    assert "lower weight_decay (now 0.001; run wd1e-4/version_0 uses 0.0001)" in text
+    assert "Best run by val/acc: wd1e-4" in text
+    assert "! too_little_information (wd1e-3 · enc.1)" in text
+    assert "lower weight_decay (now 0.001; run wd1e-4 uses 0.0001)" in text
     # the hyperparameter that differs is a column, the ones that do not are not
     assert "weight_decay" in text and "model_kwargs.hidden" not in text
     findings = json.loads((out / "findings.json").read_text())
     too_little = [f for f in findings if f["rule"] == "too_little_information"]
-    assert [f["run"] for f in too_little] == ["wd1e-3/version_0"]
+    assert [f["run"] for f in too_little] == ["wd1e-3"]
     assert too_little[0]["measured"]["effective_words"] < 0.5 * too_little[0]["measured"]["best_effective_words"]
     # noisy words: the spread runs keep 'has', 'more', 'than', 'a', 'and' (2 nats) more than the content words (1.86)
-    assert {f["run"] for f in findings if f["rule"] == "noisy_word_use"} == {"wd0/version_0", "wd1e-4/version_0"}
+    assert {f["run"] for f in findings if f["rule"] == "noisy_word_use"} == {"wd0", "wd1e-4"}
     page = (out / "compare.html").read_text()
     assert page.count("<img ") == 3 + 2 and "saliency_sentence1" not in page  # figures are embedded, not linked
     assert sorted(p for p in os.listdir(out) if p.startswith("saliency")) == ["saliency_sentence0.png", "saliency_sentence1.png"]
+    # the rule's bar is an option: at 0.1 x the best run's effective words nobody is flagged
+    res = invoke("compare", sweep, "--out", str(tmp_path / "cmp2"), "--too-little-ratio", "0.1", "--no-progress")
+    assert res.exit_code == 0 and "too_little_information" not in flat(res)
 
 
 def test_compare_runs_whose_probes_differ(sweep, tmp_path):
@@ -197,7 +203,7 @@ def test_compare_runs_whose_probes_differ(sweep, tmp_path):
     assert res.exit_code == 0, res.output
     text = flat(res)
     assert "2 runs, 1 shared probe sentences" in text
-    assert "skipped run alien/version_0: its probe shares no sentence with run sweep/wd0/version_0's" in text
+    assert "skipped run alien: its probe shares no sentence with run sweep/wd0's" in text
     assert "compared on the 1 probe sentences all runs share; 1 of its 2 sentences skipped" in text
     res = invoke("compare", os.path.join(sweep, "wd0"), str(alien), "--no-progress", "--out", str(tmp_path / "d"))
     assert res.exit_code == 1 and "nothing to compare" in flat(res)
