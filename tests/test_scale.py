@@ -21,9 +21,9 @@ from lightning_infoflow import InfoFlowCallback, InfoFlowEstimator
 
 from models import tiny_bert
 
-# Median relative difference of sigma between float32 and bf16 autocast, measured on tiny BERTs
-# (see README, "Precision"); the tests allow this much.
-BF16_TOLERANCE = 0.05
+# Median relative difference of sigma between float32 and bf16 autocast: measured at most 1e-4 on tiny BERTs
+# (2x32 and 4x64, steps 0 and 20; seed-to-seed optimiser noise is 0.01-0.07). The tests allow 1e-2.
+BF16_TOLERANCE = 0.01
 
 
 def _median_rel(a: Tensor, b: Tensor) -> float:
