@@ -78,6 +78,10 @@ warm_light() {  # what fitted the shared machine: shorter reference, warm starts
     $B estimate --model minilm --weights $W --steps $ws --samples 4 --init /tmp/infoflow_bench_minilm_st0_sa4.pt \
       --tag ftwarm_minilm_from_st0_sa4_st${ws}_sa4
   done
+  for ws in 0 1; do  # from the 5-step result (needs `timing_light minilm` first)
+    $B estimate --model minilm --weights $W --steps $ws --samples 4 --init /tmp/infoflow_bench_minilm_st5_sa4.pt \
+      --tag ftwarm_minilm_from_st5_sa4_st${ws}_sa4
+  done
 }
 
 timing_light() {  # $1 = model: what fitted the shared machine (the floor's chunk = the estimator's auto chunk)
