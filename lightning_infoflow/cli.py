@@ -16,15 +16,17 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import textwrap
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Callable, Optional
 
 import click
-from rich.console import Console
+from rich.console import Console, Group
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from lightning_infoflow import guidance
 from lightning_infoflow.guidance import Finding
@@ -69,13 +71,16 @@ def _fmt(value: Any) -> str:
     return "—" if value is None else str(value)
 
 
-def _table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Table:
-    table = Table(title=title, title_justify="left", show_lines=False)
+def _table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Group:
+    """A titled table; the title is a line of its own (a table title would wrap at the table's width)."""
+    table = Table(show_lines=False)
     for i, h in enumerate(header):
-        table.add_column(str(h), justify="left" if i == 0 else "right", overflow="fold")
+        numeric = any(isinstance(row[i], (int, float)) and not isinstance(row[i], bool)
+                      or isinstance(row[i], str) and row[i][:2].lstrip("+-")[:1].isdigit() for row in rows)
+        table.add_column(str(h), justify="right" if numeric and i > 0 else "left", overflow="fold")
     for row in rows:
         table.add_row(*[_fmt(c) for c in row])
-    return table
+    return Group(Text(title, style="bold"), table)
 
 
 def _print_findings(console: Console, findings: Sequence[Finding]) -> None:
@@ -86,9 +91,15 @@ def _print_findings(console: Console, findings: Sequence[Finding]) -> None:
         console.print("  no rule triggered a warning")
     for f in warnings:
         where = " · ".join(x for x in (f.run, f.layer) if x)
-        console.print(f"  [yellow]! {f.rule}[/yellow] ({where}): {f.message}")
-        console.print(f"      threshold: {f.threshold}")
-        console.print(f"      try: {f.suggestion}")
+        width = max(40, console.width - 1)
+        head = f"! {f.rule}" + (f" ({where}): " if where else ": ") + f.message
+        text = Text(textwrap.fill(head, width, initial_indent="  ", subsequent_indent="    ", break_on_hyphens=False))
+        text.stylize("yellow", 2, 4 + len(f.rule))
+        console.print(text)
+        for label, value in (("threshold", f.threshold), ("try", f.suggestion)):
+            console.print(textwrap.fill(f"{label}: {value}", width, initial_indent="      ", subsequent_indent="        ",
+                                        break_on_hyphens=False),
+                          markup=False)
     if infos:
         rows = [[f.run or "", f.layer or "", int(f.measured["peak_step"]), f.measured["peak_information"],
                  f"{100 * f.measured['rise']:+.1f}%", f"{-100 * f.measured['fall']:+.1f}%", _phase(f)]

@@ -620,13 +620,13 @@ def compare_tables(runs: Sequence[Run], scores: Optional[Mapping[str, float]]) -
     keys = sorted(set().union(*(r.hparams for r in runs)))
     differing = [k for k in keys if len({repr(r.hparams.get(k)) for r in runs}) > 1]
     metric_names = sorted(set().union(*(r.final_metrics() for r in runs)))
-    header = ["run", *differing, *metric_names, "last layer", "information", "effective words", "analyses", "last step"]
+    header = ["run", *differing, *metric_names, "last layer", "info/word", "eff. words", "analyses"]
     rows = []
     for r in runs:
         m = r.final_metrics()
         rows.append([r.name, *[r.hparams.get(k) for k in differing], *[m.get(k, float("nan")) for k in metric_names],
                      r.layer_names[-1], float(r.last.layer_information[-1]), float(r.last.effective_words[-1]),
-                     len(r.results), r.steps[-1]])
+                     f"{len(r.results)} to step {r.steps[-1]}"])
     layers = _layer_axis(runs)
     per_layer = [[layer, *[_by_layer(r, layer, "layer_information") for r in runs]] for layer in layers]
     return {"runs": (header, rows), "information": (["layer", *[r.name for r in runs]], per_layer)}
