@@ -61,6 +61,15 @@ class _StopForward(BaseException):
     """
 
 
+def _discard(_t: Tensor) -> None:
+    """Pack hook of forwards that are never differentiated: keep nothing."""
+    return None
+
+
+def _unreachable(_packed: None) -> Tensor:
+    raise RuntimeError("internal error: backward through a clean forward of the estimator")
+
+
 def _human(n: float) -> str:
     """Bytes as text: ``'1.5 MiB'``."""
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -473,7 +482,9 @@ class InfoFlowEstimator:
             for h in handles:
                 stack.callback(h.remove)
             try:
-                with torch.enable_grad():
+                # Grad mode for the training code path, but nothing saved for a backward that never
+                # comes: without this the clean forwards of 2B sentences held every layer's activations.
+                with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_discard, _unreachable):
                     taps.call_model(self.model, batch)
             except ValueError:
                 raise
