@@ -78,7 +78,7 @@ def layer_profile(result: InfoFlowResult) -> Figure:
 
 
 def layers_by_run(values: Mapping[str, Sequence[float]], layer_names: Sequence[str],
-                  ylabel: str = "mean information per word (nats)") -> Figure:
+                  ylabel: str = "information per word (nats)") -> Figure:
     """One line per run of a per-layer measure against layer depth (runs of a sweep side by side).
 
     ``values`` maps a run name to ``L`` numbers (NaN where a run lacks a layer).
@@ -89,7 +89,7 @@ def layers_by_run(values: Mapping[str, Sequence[float]], layer_names: Sequence[s
         >>> [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
         ['wd=0', 'wd=1e-3']
     """
-    fig = Figure(figsize=(max(5.0, 0.7 * len(layer_names) + 3.0), 3.4), layout="constrained")
+    fig = Figure(figsize=(max(5.0, 0.7 * len(layer_names) + 3.0), 3.8), layout="constrained")
     ax = fig.subplots()
     x = list(range(len(layer_names)))
     for name, row in values.items():
