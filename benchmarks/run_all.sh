@@ -90,8 +90,16 @@ timing_light() {  # $1 = model: what fitted the shared machine (the floor's chun
     $B estimate --model "$1" --steps $st --samples $sa --tag time_$1_st${st}_sa${sa} \
       --save-result /tmp/infoflow_bench_$1_st${st}_sa${sa}.pt
   done
-  $B floor --model "$1" --samples 4 --chunk 492 --reps 1 --tag floor_$1_sa4
+  $B floor --model "$1" --samples 4 --chunk 492 --reps 1 --tag floor_$1_sa4   # 492 = the estimator's auto chunk
   $B captum --model "$1" --n 8 --tag captum_$1_n8   # 8 of the 32 sentences; x4 for 32
+}
+
+bert_timing() {  # what was run for the random BERT (its auto chunk holds all 512 copies)
+  for cfg in 0:4 20:4; do
+    st=${cfg%%:*}; sa=${cfg##*:}
+    $B estimate --model bert4x256 --steps $st --samples $sa --tag time_bert4x256_st${st}_sa${sa}
+  done
+  $B floor --model bert4x256 --samples 4 --chunk 512 --reps 1 --tag floor_bert4x256_sa4
 }
 
 case "$stage" in
@@ -101,6 +109,7 @@ case "$stage" in
   timing) timing "$2" ;;
   warm) warm ;;
   timing_light) timing_light "$2" ;;
+  bert_timing) bert_timing ;;
   warm_light) warm_light ;;
   bert_extra) bert_extra ;;
   baseline_short) baseline_short "$2" "$3" "$4" ;;
