@@ -14,6 +14,7 @@ A RUN_DIR is the log dir of a logger the callback wrote to (``TensorBoardLogger.
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import sys
 import textwrap
@@ -67,7 +68,7 @@ def _progress(enabled: bool = True) -> Iterator[Callable[[str, int], Callable[[]
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
-        return "—" if value != value else f"{value:.4g}"
+        return "—" if math.isnan(value) else f"{value:.4g}"
     return "—" if value is None else str(value)
 
 

@@ -370,8 +370,7 @@ def normalise_token(token: str) -> Optional[str]:
     if _SPECIAL.match(token):
         return None
     for mark in _SUBWORD_MARKS:
-        if token.startswith(mark):
-            token = token[len(mark):]
+        token = token.removeprefix(mark)
     word = token.strip().lower()
     if not any(ch.isalnum() for ch in word):
         return None

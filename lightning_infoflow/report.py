@@ -213,7 +213,7 @@ def read_hparams(log_dir: str) -> dict[str, Any]:
         return {}
     with open(path, encoding="utf-8") as f:
         try:
-            data = yaml.load(f, Loader=_LenientLoader)  # noqa: S506 - a SafeLoader subclass
+            data = yaml.load(f, Loader=_LenientLoader)  # a SafeLoader subclass
         except yaml.YAMLError:
             return {}
     return flatten(data) if isinstance(data, Mapping) else {}
