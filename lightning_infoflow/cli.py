@@ -137,7 +137,7 @@ def main() -> None:
 # --------------------------------------------------------------------------- report
 
 
-@main.command()
+@main.command(short_help="One run's report: HTML, PNGs and findings.")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Folder for report.html and the PNGs [default: RUN_DIR/infoflow/report].")
@@ -184,7 +184,7 @@ def report(run_dir: str, out: Optional[str], steps_spec: str, stop_words: Option
 # --------------------------------------------------------------------------- compare
 
 
-@main.command()
+@main.command(short_help="Runs of a sweep side by side, with guidance.")
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), default="infoflow-compare", show_default=True,
               help="Folder for compare.html and the PNGs.")
@@ -293,7 +293,7 @@ def _load_hf(folder: str) -> tuple[Any, dict[str, Any]]:
     return model, {"model": folder, "architecture": type(model).__name__}
 
 
-@main.command()
+@main.command(short_help="Analyse a checkpoint or a Hugging Face model folder.")
 @click.option("--module", "module_spec", default=None, help="LightningModule class as pkg.module:ClassName (with --ckpt).")
 @click.option("--ckpt", type=click.Path(exists=True, dir_okay=False), default=None, help="Lightning checkpoint file.")
 @click.option("--hf-model", type=click.Path(exists=True, file_okay=False), default=None,
