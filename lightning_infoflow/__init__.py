@@ -9,10 +9,12 @@ from lightning_infoflow.attributes import WordAttributes, attribute_figure, load
 from lightning_infoflow.baselines import SaliencyResult, saliency
 from lightning_infoflow.callback import InfoFlowCallback
 from lightning_infoflow.estimator import InfoFlowEstimator
+from lightning_infoflow.guidance import Finding, collapse_finding
 from lightning_infoflow.probe import Probe, build_probe
 from lightning_infoflow.result import InfoFlowResult
 
 __all__ = [
+    "Finding",
     "InfoFlowCallback",
     "InfoFlowEstimator",
     "InfoFlowResult",
@@ -21,6 +23,7 @@ __all__ = [
     "WordAttributes",
     "attribute_figure",
     "build_probe",
+    "collapse_finding",
     "load_concepts",
     "saliency",
     "word_attributes",

@@ -103,8 +103,8 @@ class InfoFlowCallback(Callback):
         concepts: the concepts for ``attributes``: a dict, a JSON/YAML file or a shipped set's name.
         vocab: the vocabulary for ``attributes`` (``{word: id}``, a list of words, or a Hugging Face
             tokenizer); default: ``tokenizer``.
-        loss_key: the training loss in ``trainer.callback_metrics`` (default: the first of ``train_loss``,
-            ``train/loss``, ``loss``), read at each analysis for the collapse check.
+        loss_key: a training loss in ``trainer.callback_metrics`` to use for the collapse check. Default:
+            the mean of the losses ``training_step`` returned since the previous analysis.
         warn_collapse: warn when a layer's information falls steeply between two analyses while the
             training loss does not improve (:func:`lightning_infoflow.guidance.collapse_finding`).
         precision: ``"32"`` runs the estimator in float32 (default, autocast off); ``"training"`` runs it
@@ -216,6 +216,8 @@ class InfoFlowCallback(Callback):
         self._history_steps: list[int] = []
         self._history: list[Tensor] = []
         self._losses: list[float] = []
+        self._loss_sum: Optional[Tensor] = None
+        self._loss_count = 0
         self._layer_names: list[str] = []
         self._previous: Optional[InfoFlowResult] = None
         self.failures = 0
@@ -314,6 +316,12 @@ class InfoFlowCallback(Callback):
                            batch_idx: int) -> None:
         # global_step counts optimizer steps: with gradient accumulation it stays put on the batches that
         # only accumulate, and _last_step stops a second analysis of the same step.
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, Tensor) and loss.numel() == 1:
+            # summed on the device (no synchronisation); averaged at the next analysis for the collapse check
+            detached = loss.detach().float()
+            self._loss_sum = detached if self._loss_sum is None else self._loss_sum + detached
+            self._loss_count += 1
         if not (self._enabled and self._due(trainer.global_step)):
             return
         skip = self._over_budget()
@@ -385,6 +393,11 @@ class InfoFlowCallback(Callback):
             self._check_collapse()
 
     def _training_loss(self, trainer: Trainer) -> float:
+        """Mean training loss since the previous analysis (or the logged loss when steps return none)."""
+        if self._loss_sum is not None and self.loss_key is None:
+            mean = float(self._loss_sum) / self._loss_count
+            self._loss_sum, self._loss_count = None, 0
+            return mean
         keys = [self.loss_key] if self.loss_key else ["train_loss", "train/loss", "loss"]
         for key in keys:
             value = trainer.callback_metrics.get(key)
