@@ -68,7 +68,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         callback = InfoFlowCallback(probe=sentences, tokenizer=getattr(tok, "hf", tok), layers="auto",
                                     every_n_train_steps=args.every, num_sentences=len(sentences),
                                     steps=common.est_steps(args, 100), warm_steps=common.est_steps(args, 20),
-                                    progress=args.progress, seed=args.seed)
+                                    progress=args.progress, seed=args.seed,
+                                    max_overhead=None)  # the curve is the point: run every scheduled analysis
         run_out = os.path.join(out, f"{name}_sst2")
         shutil.rmtree(run_out, ignore_errors=True)  # one run per folder: the curves are read back from it
         cache, args.cache = args.cache, None  # the callback must watch the training itself
