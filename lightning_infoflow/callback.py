@@ -85,9 +85,10 @@ class InfoFlowCallback(Callback):
         log_figures: log figures at all.
         save_results: write each analysis's raw result under the log dir.
         progress: show a progress bar during an analysis (rank 0).
-        max_overhead: keep the analyses' wall time under this fraction of the training's: a scheduled
-            analysis is skipped (and counted in ``skipped``) while the analyses so far took more. The
-            first analysis and the one at the end always run. ``None`` runs every scheduled analysis.
+        max_overhead: keep the analyses' wall time under this fraction of the training's: an analysis of
+            the regular every-N schedule is skipped (and counted in ``skipped``) while the analyses so far
+            took more. The first analysis, the log-spaced early ones (the expansion phase of Fig. 9) and the
+            one at the end always run. ``None`` runs every scheduled analysis.
         distributed: with several processes, ``"split"`` (default) gives each rank a share of the probe
             sentences and gathers the results (an analysis takes about 1/world_size of the time; every rank
             joins one ``all_gather`` per analysis and one ``broadcast`` per scheduled step), ``"rank_zero"``
@@ -135,8 +136,8 @@ class InfoFlowCallback(Callback):
         at_end: bool = True,
         num_sentences: Optional[int] = 16,
         lam: float = 0.1,
-        steps: int = 50,
-        warm_steps: int = 10,
+        steps: int = 20,
+        warm_steps: int = 5,
         samples: int = 4,
         position: Union[Literal["all", "each"], int, list[int]] = "all",
         sigma_max: Optional[float] = None,
@@ -324,7 +325,7 @@ class InfoFlowCallback(Callback):
             self._loss_count += 1
         if not (self._enabled and self._due(trainer.global_step)):
             return
-        skip = self._over_budget()
+        skip = trainer.global_step not in self._early and self._over_budget()
         if self._split(trainer):
             skip = bool(trainer.strategy.broadcast(skip, src=0))  # every rank must take the same decision
         if skip:
