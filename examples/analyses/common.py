@@ -52,6 +52,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, max_steps: int, train_
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tiny", action="store_true", help="tiny models, a few steps (tests)")
     parser.add_argument("--progress", action="store_true", help="show Lightning's progress bar")
+    parser.add_argument("--accelerator", default="cpu", help="Lightning accelerator for training (cpu, gpu, auto)")
 
 
 def prepare(args: argparse.Namespace, name: str) -> str:
@@ -76,7 +77,7 @@ def trainer(args: argparse.Namespace, logger: Any, max_steps: Optional[int] = No
         "val_check_interval": val_every, "check_val_every_n_epoch": None}
     return L.Trainer(max_steps=steps, logger=logger, callbacks=callbacks or [], enable_checkpointing=False,
                      enable_progress_bar=args.progress, enable_model_summary=False, num_sanity_val_steps=0,
-                     accelerator="cpu", devices=1, log_every_n_steps=10, **kwargs)
+                     accelerator=getattr(args, "accelerator", "cpu"), devices=1, log_every_n_steps=10, **kwargs)
 
 
 @dataclass
@@ -131,7 +132,8 @@ def train_classifier(
             os.makedirs(os.path.dirname(cache), exist_ok=True)
             torch.save(module.state_dict(), cache)
     seconds = time.perf_counter() - start
-    val = L.Trainer(logger=logger, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+    val = L.Trainer(logger=logger, enable_progress_bar=False, enable_model_summary=False,
+                    accelerator=getattr(args, "accelerator", "cpu"),
                     devices=1).validate(module, datamodule=dm, verbose=False)
     metrics = {k: float(v) for k, v in val[0].items()}
     log.info("%s: %s (%.0f s)", name, metrics, seconds)
