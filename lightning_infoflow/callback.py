@@ -79,16 +79,18 @@ class InfoFlowCallback(Callback):
         at_end: analyse once more when training ends.
         num_sentences: probe size when the probe is a dataset (and a cap otherwise).
         lam, samples, position, sigma_max: estimator settings (see :class:`InfoFlowEstimator`).
-        steps: Adam steps of a cold analysis (the first one).
-        warm_steps: Adam steps of a warm-started analysis.
+        steps: optimisation steps of a cold analysis (the first one).
+        warm_steps: optimisation steps of a warm-started analysis.
         max_heatmaps: heatmap figures logged per analysis (0 disables them).
         log_figures: log figures at all.
         save_results: write each analysis's raw result under the log dir.
         progress: show a progress bar during an analysis (rank 0).
-        max_overhead: keep the analyses' wall time under this fraction of the training's: an analysis of
-            the regular every-N schedule is skipped (and counted in ``skipped``) while the analyses so far
-            took more. The first analysis, the log-spaced early ones (the expansion phase of Fig. 9) and the
-            one at the end always run. ``None`` runs every scheduled analysis.
+        max_overhead: keep the analyses' wall time under this fraction of the whole run's training time
+            (projected from the time per step and ``trainer.estimated_stepping_batches``): a scheduled
+            analysis is skipped (and counted in ``skipped``) when it and the one reserved for the end would
+            exceed it. Early analyses come first, so a long run keeps its log-spaced early points (Fig. 9)
+            and thins the later ones. The first and the last analysis always run. ``None`` runs every
+            scheduled analysis.
         distributed: with several processes, ``"split"`` (default) gives each rank a share of the probe
             sentences and gathers the results (an analysis takes about 1/world_size of the time; every rank
             joins one ``all_gather`` per analysis and one ``broadcast`` per scheduled step), ``"rank_zero"``
@@ -224,6 +226,7 @@ class InfoFlowCallback(Callback):
         self.failures = 0
         self.skipped = 0
         self._analysis_seconds = 0.0
+        self._last_seconds = 0.0
         self._fit_seconds = 0.0
         self._clock: Optional[float] = None
 
@@ -299,12 +302,22 @@ class InfoFlowCallback(Callback):
     def _due(self, step: int) -> bool:
         return step != self._last_step and (step == 0 or step in self._early or step % self.every_n_train_steps == 0)
 
-    def _over_budget(self) -> bool:
-        """Whether the analyses so far took more than ``max_overhead`` of the training's wall time."""
+    def _over_budget(self, trainer: Trainer) -> bool:
+        """Whether one more analysis (and the one reserved for the end) would exceed ``max_overhead``.
+
+        The budget is ``max_overhead`` times the training time of the whole run, projected from the time
+        per step so far and ``trainer.estimated_stepping_batches`` (the time so far when that is unknown).
+        """
         if self.max_overhead is None or not self._history:
             return False
-        training = self._fit_seconds + (time.perf_counter() - self._clock if self._clock else 0.0) - self._analysis_seconds
-        return self._analysis_seconds > self.max_overhead * max(training, 0.0)
+        now = time.perf_counter()
+        training = self._fit_seconds + (now - self._clock if self._clock else 0.0) - self._analysis_seconds
+        total = float(trainer.estimated_stepping_batches)
+        step = max(trainer.global_step, 1)
+        if math.isfinite(total) and total >= step:
+            training = training / step * total
+        upcoming = 2 * self._last_seconds  # this analysis and the one at the end
+        return self._analysis_seconds + upcoming > self.max_overhead * max(training, 0.0)
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -325,7 +338,7 @@ class InfoFlowCallback(Callback):
             self._loss_count += 1
         if not (self._enabled and self._due(trainer.global_step)):
             return
-        skip = trainer.global_step not in self._early and self._over_budget()
+        skip = self._over_budget(trainer)
         if self._split(trainer):
             skip = bool(trainer.strategy.broadcast(skip, src=0))  # every rank must take the same decision
         if skip:
@@ -383,6 +396,7 @@ class InfoFlowCallback(Callback):
             return
         seconds = time.perf_counter() - started
         self._analysis_seconds += seconds
+        self._last_seconds = seconds
         result.meta.update(step=step, epoch=trainer.current_epoch, seconds=seconds, warm_start=warm,
                            world_size=trainer.world_size if split else 1)
         self._previous = result

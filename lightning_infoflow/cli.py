@@ -309,7 +309,7 @@ def _load_hf(folder: str) -> tuple[Any, dict[str, Any]]:
                                               "infoflow_layers attribute, else auto].")
 @click.option("--embedding", default="auto", show_default=True, help="Word-embedding module name.")
 @click.option("--submodule", default=None, help="Attribute of the LightningModule to analyse (e.g. model).")
-@click.option("--steps", type=click.IntRange(min=0), default=100, show_default=True, help="Adam steps of the estimator.")
+@click.option("--steps", type=click.IntRange(min=0), default=100, show_default=True, help="Optimisation steps of the estimator.")
 @click.option("--lam", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True, help="Lambda of Eq. 7.")
 @click.option("--samples", type=click.IntRange(min=1), default=4, show_default=True, help="Noise draws per step.")
 @click.option("--num-sentences", type=click.IntRange(min=1), default=None, help="Use the first N probe sentences.")

@@ -322,11 +322,19 @@ def test_overhead_budget_skips_analyses(tmp_path):
     trainer = _trainer(tmp_path, [cb], max_steps=6)
     tl, vl = loaders()
     trainer.fit(TinyClassifier(), tl, vl)
-    # the first, the log-spaced early (1) and the last always run; the regular ones (2, 4, 6) are skipped,
-    # and step 6 then runs as the end analysis
-    assert _analysed_steps(cb) == [0, 1, 6]
-    assert cb.skipped == 3
+    # only the first and the last run: due at 1 (log-spaced), 2, 4 and 6 were skipped; 6 ran as the end one
+    assert _analysed_steps(cb) == [0, 6]
+    assert cb.skipped == 4
     assert cb.state_dict()["analysis_seconds"] > 0
+
+
+def test_overhead_budget_is_projected_over_the_whole_run(tmp_path):
+    # a generous budget over a long projected run lets the early analyses through and thins nothing
+    cb = InfoFlowCallback(probe_ids(), every_n_train_steps=4, **{**FAST, "max_overhead": 1e6})
+    trainer = _trainer(tmp_path, [cb], max_steps=8)
+    tl, vl = loaders()
+    trainer.fit(TinyClassifier(), tl, vl)
+    assert _analysed_steps(cb) == [0, 1, 2, 4, 8] and cb.skipped == 0
 
 
 def test_two_instances_have_distinct_state_keys():
