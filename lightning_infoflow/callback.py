@@ -404,8 +404,13 @@ class InfoFlowCallback(Callback):
         self._history.append(result.layer_information.clone())
         self._losses.append(self._training_loss(trainer))
         if trainer.is_global_zero:
+            logging_started = time.perf_counter()
             self._log(trainer, result, step, seconds)
             self._check_collapse()
+            # figures and files count against max_overhead too
+            logged = time.perf_counter() - logging_started
+            self._analysis_seconds += logged
+            self._last_seconds += logged
 
     def _training_loss(self, trainer: Trainer) -> float:
         """Mean training loss since the previous analysis (or the logged loss when steps return none)."""
