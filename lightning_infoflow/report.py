@@ -155,8 +155,11 @@ def load_run(path: str, name: Optional[str] = None, progress: Progress = _no_pro
     advance = progress(f"loading {os.path.basename(log_dir) or log_dir}", len(files))
     for step, file in files:
         try:
-            result = InfoFlowResult.load(file)
+            data = torch.load(file, map_location="cpu", weights_only=True)
+            result = InfoFlowResult.from_dict(data)
             result.meta.setdefault("step", step)
+            if isinstance(data.get("baselines"), dict):  # saliency maps the callback saved beside the result
+                result.meta["baselines"] = data["baselines"]
             results.append(result)
         except Exception as err:  # noqa: BLE001 - a foreign or broken file is skipped and reported
             skipped.append(f"{os.path.basename(file)}: {type(err).__name__}: {err}")
@@ -605,9 +608,13 @@ def write_run_report(run: Run, out_dir: str, findings: Sequence[Finding], heatma
     page.heading("Information per word, layers x words")
     for k in heatmap_steps:
         result = run.results[k]
+        maps = result.meta.get("baselines")
         for b in range(result.sigma.shape[1]):
-            page.figure(figures.information_heatmap(result, b), f"heatmap_step{run.steps[k]:08d}_sentence{b}",
-                        f"step {run.steps[k]}, sentence {b}: {_sentence_label(result, b)}")
+            fig = (figures.comparison_heatmaps(result, maps, b) if maps
+                   else figures.information_heatmap(result, b))
+            page.figure(fig, f"heatmap_step{run.steps[k]:08d}_sentence{b}",
+                        f"step {run.steps[k]}, sentence {b}: {_sentence_label(result, b)}"
+                        + (f" (beside {', '.join(maps)})" if maps else ""))
             advance()
     path = page.write()
     with open(os.path.join(out_dir, "findings.json"), "w", encoding="utf-8") as f:

@@ -359,6 +359,15 @@ def test_baselines_and_attributes_are_logged_and_saved(tmp_path):
     assert data["attributes"][0]["missing"]["missing"] == ["nope"]
     pngs = glob.glob(os.path.join(logger.log_dir, "infoflow", "images", "*.png"))
     assert any("baselines__sentence_0" in p for p in pngs) and any("attributes" in p for p in pngs)
+    # `infoflow report` shows the saved baseline maps beside the information heatmaps
+    from click.testing import CliRunner
+
+    from lightning_infoflow.cli import main
+
+    out = tmp_path / "report"
+    res = CliRunner().invoke(main, ["report", logger.log_dir, "--out", str(out), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "beside gradient" in (out / "report.html").read_text()
 
 
 def test_unknown_baseline_is_rejected():
