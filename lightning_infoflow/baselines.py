@@ -105,26 +105,10 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 def _batch_mask(batch: taps.Batch, pad_token_id: Optional[int]) -> Tensor:
-    ids = taps.input_ids_of(batch)
-    if ids.dim() != 2 or ids.numel() == 0 or ids.is_floating_point():
-        raise ValueError(f"token ids must be a non-empty integer tensor [B, T], got {ids.dtype} {tuple(ids.shape)}")
-    attn = batch.get("attention_mask") if isinstance(batch, dict) else None
-    if isinstance(attn, Tensor):
-        mask = attn.bool()
-    elif pad_token_id is not None:
-        mask = ids != pad_token_id
-    else:
-        mask = torch.ones_like(ids, dtype=torch.bool)
-    empty = (~mask.any(dim=1)).nonzero().flatten().tolist()
-    if empty:
-        raise ValueError(f"probe sentence(s) {empty} are all padding; remove them from the batch")
-    return mask
+    return taps.word_mask(batch, pad_token_id)
 
 
-def _to(batch: taps.Batch, device: torch.device) -> taps.Batch:
-    if isinstance(batch, Tensor):
-        return batch.to(device)
-    return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+_to = taps.to_device
 
 
 # ---------------------------------------------------------------------------------------------- probe
@@ -181,10 +165,7 @@ class LayerProbe:
 
     @staticmethod
     def _lay_out(t: Tensor, bdim: int, tdim: Optional[int]) -> Tensor:
-        n = t.shape[bdim]
-        if tdim is None:
-            return t.movedim(bdim, 0).reshape(n, 1, -1)
-        return t.movedim((bdim, tdim), (0, 1)).reshape(n, t.shape[tdim], -1)
+        return taps.layout(t, bdim, tdim)
 
     def _forward_clean(self, batch: taps.Batch, bsz: int) -> tuple[Tensor, dict[str, Tensor], list[str]]:
         emb: list[Tensor] = []
@@ -239,25 +220,11 @@ class LayerProbe:
     def _state_mask(self, row: _Row) -> Tensor:
         """``[B, T']``: 1 where the state has a time step that counts (padding and other steps are 0)."""
         _, _, aligned = self.layout[row.module_name]
-        length = self.clean[row.module_name].shape[1]
-        device = self.mask.device
-        if row.position is None:
-            return self.mask.float() if aligned else torch.ones(self.bsz, length, device=device)
-        out = torch.zeros(self.bsz, length, device=device)
-        p = row.position
-        idx = self.mask.sum(1) + p if aligned and p < 0 else torch.full((self.bsz,), p % length, device=device)
-        out[torch.arange(self.bsz, device=device), idx.long().clamp(0, length - 1)] = 1.0
-        return out * self.mask.float() if aligned else out
+        return taps.state_mask(self.clean[row.module_name].shape[1], row.position, aligned, self.mask)
 
     def inv_std(self, module_name: str) -> Tensor:
-        """1 / std of each hidden unit over the probe's real time steps (floored as in the estimator)."""
-        state = self.clean[module_name]
-        aligned = self.layout[module_name][2]
-        flat = state[self.mask] if aligned else state.flatten(0, 1)
-        var = flat.var(dim=0, unbiased=False)
-        if float(var.mean()) <= 1e-6 * float(flat.pow(2).mean()):
-            var = flat.pow(2).mean().expand_as(var)
-        return var.clamp_min(1e-6 * float(var.mean()) + torch.finfo(torch.float32).tiny).rsqrt()
+        """1 / std of each hidden unit over the probe's real time steps (as in the estimator)."""
+        return taps.unit_inv_std(self.clean[module_name], self.mask, self.layout[module_name][2])
 
     # ----------------------------------------------------------------- running
 

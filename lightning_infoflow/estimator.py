@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Optional, Union
@@ -98,12 +98,7 @@ class _LayerState:
     aligned: bool  # the time axis is the input's word axis (padding mask applies)
 
 
-def _layout(t: Tensor, batch_dim: int, time_dim: Optional[int]) -> Tensor:
-    """Move batch to dim 0 and time to dim 1; flatten the rest: ``[N, T', F]``."""
-    n = t.shape[batch_dim]
-    if time_dim is None:
-        return t.movedim(batch_dim, 0).reshape(n, 1, -1)
-    return t.movedim((batch_dim, time_dim), (0, 1)).reshape(n, t.shape[time_dim], -1)
+_layout = taps.layout
 
 
 class InfoFlowEstimator:
@@ -304,34 +299,10 @@ class InfoFlowEstimator:
 
     @staticmethod
     def _to(batch: taps.Batch, device: torch.device) -> taps.Batch:
-        if isinstance(batch, Tensor):
-            return batch.to(device)
-        return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+        return taps.to_device(batch, device)
 
     def _validate_batch(self, batch: taps.Batch) -> Tensor:
-        ids = taps.input_ids_of(batch)
-        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-            raise ValueError(f"token ids must be an integer tensor, got dtype {ids.dtype}; pass ids.long()")
-        if ids.dim() != 2:
-            raise ValueError(f"token ids must have shape [B, T], got {tuple(ids.shape)}; add a batch dimension")
-        if ids.numel() == 0:
-            raise ValueError(f"the probe batch is empty (shape {tuple(ids.shape)}); pass at least one sentence")
-        attn = batch.get("attention_mask") if isinstance(batch, Mapping) else None  # also BatchEncoding
-        if isinstance(attn, Tensor):
-            if attn.shape != ids.shape:
-                raise ValueError(
-                    f"attention_mask has shape {tuple(attn.shape)} but input_ids {tuple(ids.shape)}; pass the "
-                    "tokenizer's [B, T] mask of 1 (word) and 0 (padding)"
-                )
-            mask = attn.bool()
-        elif self.pad_token_id is not None:
-            mask = ids != self.pad_token_id
-        else:
-            mask = torch.ones_like(ids, dtype=torch.bool)
-        empty = (~mask.any(dim=1)).nonzero().flatten().tolist()
-        if empty:
-            raise ValueError(f"probe sentence(s) {empty} are all padding; remove them from the batch")
-        return mask
+        return taps.word_mask(batch, self.pad_token_id)
 
     # ------------------------------------------------------------------ preparation
 
@@ -411,41 +382,15 @@ class InfoFlowEstimator:
 
     @staticmethod
     def _inv_std(ls: _LayerState, mask: Tensor) -> Tensor:
-        """1/std per hidden unit over every real time step of every sentence.
-
-        Units whose variance is ~0 (dead units, LayerNorm weights near 0) get a floor of 1e-6 x the
-        layer's mean variance so that no unit divides by zero. A layer that is constant over the probe
-        (one sentence and a pooled state, or identical sentences) is normalised by its mean square (one scalar)
-        instead; pass ``reference=`` with more sentences for a proper variance.
-        """
-        state = ls.state[mask] if ls.aligned else ls.state.flatten(0, 1)
-        var = state.var(dim=0, unbiased=False)
-        square = state.pow(2).mean(0)
-        if float(var.mean()) <= 1e-6 * float(square.mean()):
-            var = square.mean().expand_as(var)
-        tiny = torch.finfo(torch.float32).tiny
-        return var.clamp_min(1e-6 * float(var.mean()) + tiny).rsqrt()
+        """1/std per hidden unit over the probe (see :func:`taps.unit_inv_std`); pass ``reference=`` with
+        more sentences for a proper variance when the probe is a single sentence and the state pooled."""
+        return taps.unit_inv_std(ls.state, mask, ls.aligned)
 
     @staticmethod
     def _state_mask(target: _Target, ls: _LayerState, mask: Tensor) -> Tensor:
-        """``[B, T']`` weights of the time steps that form ``s`` for ``target``, per sentence.
-
-        A sentence whose selected time step is padding (``position`` past its last word) gets an
-        all-zero row: it has no state for this target, and its result row is NaN.
-        """
-        bsz, length = ls.state.shape[:2]
-        if target.position is None:
-            return mask.float() if ls.aligned else torch.ones(bsz, length, device=mask.device)
-        p = target.position
-        if ls.aligned and p < 0:
-            idx = mask.sum(1) + p  # counted from each sentence's last real word (right padding)
-        else:
-            idx = torch.full((bsz,), p % length, device=mask.device)
-        steps = torch.arange(length, device=mask.device)
-        out = (steps[None, :] == idx[:, None]).float()
-        if ls.aligned:
-            out = out * mask.float()  # a time step that is padding for this sentence has no state
-        return out
+        """``[B, T']`` weights of the time steps that form ``s`` for ``target`` (see :func:`taps.state_mask`);
+        a sentence without a state for the target has an all-zero row and a NaN result row."""
+        return taps.state_mask(ls.state.shape[1], target.position, ls.aligned, mask)
 
     def _clean_forward(
         self, batch: taps.Batch, bsz: int, replace: Optional[Tensor] = None

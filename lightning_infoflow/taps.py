@@ -317,3 +317,87 @@ def model_untouched(model: nn.Module, device: torch.device) -> Iterator[None]:
                 module.training = mode
             for p, flag in grads:
                 p.requires_grad_(flag)
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    """The batch with every tensor moved to ``device``."""
+    if isinstance(batch, Tensor):
+        return batch.to(device)
+    return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+
+def word_mask(batch: Batch, pad_token_id: Any = None) -> Tensor:
+    """Validate the token ids of ``batch`` and return its ``[B, T]`` mask of real (non-padded) words.
+
+    The mask is ``attention_mask`` where the batch has one, else ``ids != pad_token_id``, else all True.
+
+    Raises:
+        ValueError: non-integer ids, a shape other than ``[B, T]``, an empty batch, a mask of another
+            shape, or a sentence that is all padding (each with the fix).
+    """
+    ids = input_ids_of(batch)
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise ValueError(f"token ids must be an integer tensor, got dtype {ids.dtype}; pass ids.long()")
+    if ids.dim() != 2:
+        raise ValueError(f"token ids must have shape [B, T], got {tuple(ids.shape)}; add a batch dimension")
+    if ids.numel() == 0:
+        raise ValueError(f"the probe batch is empty (shape {tuple(ids.shape)}); pass at least one sentence")
+    attn = batch.get("attention_mask") if isinstance(batch, Mapping) else None  # also BatchEncoding
+    if isinstance(attn, Tensor):
+        if attn.shape != ids.shape:
+            raise ValueError(
+                f"attention_mask has shape {tuple(attn.shape)} but input_ids {tuple(ids.shape)}; pass the "
+                "tokenizer's [B, T] mask of 1 (word) and 0 (padding)"
+            )
+        mask = attn.bool()
+    elif pad_token_id is not None:
+        mask = ids != pad_token_id
+    else:
+        mask = torch.ones_like(ids, dtype=torch.bool)
+    empty = (~mask.any(dim=1)).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(f"probe sentence(s) {empty} are all padding; remove them from the batch")
+    return mask
+
+
+def layout(t: Tensor, batch_dim: int, time_dim: Any) -> Tensor:
+    """A hidden state with batch moved to dim 0 and time to dim 1, the rest flattened: ``[N, T', F]``."""
+    n = t.shape[batch_dim]
+    if time_dim is None:
+        return t.movedim(batch_dim, 0).reshape(n, 1, -1)
+    return t.movedim((batch_dim, time_dim), (0, 1)).reshape(n, t.shape[time_dim], -1)
+
+
+def unit_inv_std(state: Tensor, mask: Any, aligned: bool) -> Tensor:
+    """1/std of each hidden unit of ``state`` ``[B, T', F]`` over every real time step of every sentence.
+
+    Units whose variance is ~0 (dead units, LayerNorm weights near 0) get a floor of 1e-6 x the layer's
+    mean variance so that no unit divides by zero. A layer that is constant over the probe (one sentence
+    and a pooled state, or identical sentences) is normalised by its mean square (one scalar) instead.
+    ``mask`` ``[B, T]`` selects the real time steps where the time axis is the word axis (``aligned``).
+    """
+    flat = state[mask] if aligned else state.flatten(0, 1)
+    var = flat.var(dim=0, unbiased=False)
+    square = flat.pow(2).mean(0)
+    if float(var.mean()) <= 1e-6 * float(square.mean()):
+        var = square.mean().expand_as(var)
+    tiny = torch.finfo(torch.float32).tiny
+    return var.clamp_min(1e-6 * float(var.mean()) + tiny).rsqrt()
+
+
+def state_mask(length: int, position: Any, aligned: bool, mask: Tensor) -> Tensor:
+    """``[B, T']`` weights of the time steps that form the state ``s``, per sentence.
+
+    ``position`` None: every (real, where ``aligned``) time step; an int: that time step (negative counts
+    from each sentence's last real word when ``aligned``). A sentence whose selected time step is padding
+    gets an all-zero row: it has no state there.
+    """
+    bsz, device = mask.shape[0], mask.device
+    if position is None:
+        return mask.float() if aligned else torch.ones(bsz, length, device=device)
+    if aligned and position < 0:
+        idx = mask.sum(1) + position  # counted from each sentence's last real word (right padding)
+    else:
+        idx = torch.full((bsz,), position % length, device=device)
+    out = (torch.arange(length, device=device)[None, :] == idx[:, None]).float()
+    return out * mask.float() if aligned else out
