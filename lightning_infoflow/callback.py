@@ -361,6 +361,9 @@ class InfoFlowCallback(Callback):
         if self._clock is not None:
             self._fit_seconds += time.perf_counter() - self._clock
             self._clock = None
+        if self._enabled and trainer.world_size > 1:
+            # every rank waits for rank 0's last analysis and logging before the process group goes away
+            trainer.strategy.barrier("infoflow_end")
 
     # ------------------------------------------------------------------ one analysis
 
@@ -460,9 +463,18 @@ class InfoFlowCallback(Callback):
             except Exception as err:  # noqa: BLE001 - reported on every rank after the gather
                 error = err
         ok = torch.tensor([0.0 if error else 1.0])
-        device = pl_module.device
-        gathered = pl_module.all_gather({"sigma": sigma.to(device), "mask": mask.to(device),
-                                         "loss": loss.to(device), "ok": ok.to(device)})
+        # one plain all_gather of a flat payload (every rank's share has the same padded shape)
+        payload = torch.cat([sigma.flatten(), mask.flatten(), loss, ok]).to(pl_module.device)
+        parts = [torch.empty_like(payload) for _ in range(world)]
+        torch.distributed.all_gather(parts, payload)
+        sizes = [sigma.numel(), mask.numel(), loss.numel(), 1]
+        fields = [torch.split(p.cpu(), sizes) for p in parts]
+        gathered = {
+            "sigma": torch.stack([f[0].view_as(sigma) for f in fields]),
+            "mask": torch.stack([f[1].view_as(mask) for f in fields]),
+            "loss": torch.stack([f[2] for f in fields]),
+            "ok": torch.stack([f[3] for f in fields]),
+        }
         failed = [r for r in range(world) if float(gathered["ok"][r]) < 1]
         if failed:
             detail = f"{type(error).__name__}: {error}" if error else "see that rank's log"
