@@ -64,7 +64,8 @@ class InfoFlowCallback(Callback):
     Under DDP the probe sentences are split across the ranks, each rank estimates its share on its own
     device (normalised by the hidden states of the whole probe, so the numbers match one process), and
     the shares are gathered; rank 0 logs. A failure on any rank is known to every rank and training goes
-    on. ``distributed="rank_zero"`` instead analyses on rank 0 alone with no collective.
+    on. ``distributed="rank_zero"`` instead analyses on rank 0 alone (the other ranks go on; all meet at
+    one barrier when training ends).
 
     Args:
         probe: the fixed probe: token ids ``[B, T]``, a dict batch with ``input_ids``, a list of strings
@@ -94,7 +95,8 @@ class InfoFlowCallback(Callback):
         distributed: with several processes, ``"split"`` (default) gives each rank a share of the probe
             sentences and gathers the results (an analysis takes about 1/world_size of the time; every rank
             joins one ``all_gather`` per analysis and one ``broadcast`` per scheduled step), ``"rank_zero"``
-            analyses the whole probe on global rank 0 while the other ranks go on (no collective at all).
+            analyses the whole probe on global rank 0 while the other ranks go on (their only collective:
+            one barrier when training ends, so that rank 0 finishes logging).
             Sharded strategies (FSDP, DeepSpeed) are refused at setup: their forward needs every rank.
         baselines: saliency methods to log next to the information heatmaps at each analysis
             (``"gradient"``, ``"integrated_gradients"``, ``"perturbation"``, ``"lrp"``; see
