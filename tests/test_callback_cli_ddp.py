@@ -116,3 +116,30 @@ def test_ddp_failure_on_one_rank_is_known_to_all_and_training_continues(tmp_path
                        progress=False, max_overhead=None)
     log_dir = _ddp_fit(tmp_path, "fail", cb)  # a hang here would be the bug
     assert _logged_steps(log_dir) == [0, 6]
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed support")
+def test_ddp_resume_continues_without_gap_or_repeat(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    kw = dict(every_n_train_steps=3, log_spaced=False, at_end=False, steps=3, warm_steps=1, samples=2,
+              progress=False, max_overhead=None)
+
+    def fit(name, max_steps, ckpt_path=None):
+        logger = CSVLogger(tmp_path, name=name)
+        ckpt = ModelCheckpoint(dirpath=tmp_path / f"ckpt_{name}", every_n_train_steps=3, save_top_k=-1)
+        trainer = L.Trainer(strategy="ddp_spawn", accelerator="cpu", devices=2, max_steps=max_steps, logger=logger,
+                            callbacks=[InfoFlowCallback(probe_ids(), **kw), ckpt], enable_progress_bar=False,
+                            enable_model_summary=False, num_sanity_val_steps=0)
+        tl, vl = loaders()
+        trainer.fit(TinyClassifier(), tl, vl, ckpt_path=ckpt_path)
+        return os.path.join(tmp_path, name, "version_0")
+
+    first = fit("first", 6)
+    assert _logged_steps(first) == [0, 3, 6]
+    resumed = fit("resumed", 9, ckpt_path=str(tmp_path / "ckpt_first" / "epoch=0-step=3.ckpt"))
+    assert _logged_steps(resumed) == [6, 9]  # step 3 is not repeated; the run goes on from the checkpoint
+    (last,) = glob.glob(str(tmp_path / "ckpt_resumed" / "*step=9.ckpt"))
+    state = torch.load(last, weights_only=True)
+    (cb_state,) = [v for k, v in state["callbacks"].items() if k.startswith("InfoFlowCallback")]
+    assert cb_state["history_steps"] == [0, 3, 6, 9]  # the curve has no gap
