@@ -91,17 +91,13 @@ class SaliencyResult:
 # ---------------------------------------------------------------------------------------------- context
 
 
-class _StopForward(Exception):
-    """Raised after the deepest layer a computation needs: the rest of the model is skipped."""
+_StopForward = taps.StopForward
 
 
 model_as_found = taps.model_untouched  # one definition of 'leave the model as found'
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
+_device_of = taps.device_of
 
 
 def _batch_mask(batch: taps.Batch, pad_token_id: Optional[int]) -> Tensor:

@@ -54,11 +54,7 @@ _TAU = 5.0  # steps over which the step size halves (eta_t = lr / (1 + t / _TAU)
 _MAX_GRAD = 2.0  # gradient clip on log sigma from above (from below it is -1, the prior term alone)
 
 
-class _StopForward(BaseException):
-    """Raised by the hook of the deepest watched layer: the rest of the model is not needed.
-
-    A ``BaseException`` so that a model's own ``except Exception:`` blocks do not swallow it.
-    """
+_StopForward = taps.StopForward
 
 
 def _discard(_t: Tensor) -> None:
@@ -293,9 +289,7 @@ class InfoFlowEstimator:
     # ------------------------------------------------------------------ validation
 
     def _device(self) -> torch.device:
-        for p in self.model.parameters():
-            return p.device
-        return torch.device("cpu")
+        return taps.device_of(self.model)
 
     @staticmethod
     def _to(batch: taps.Batch, device: torch.device) -> taps.Batch:

@@ -401,3 +401,17 @@ def state_mask(length: int, position: Any, aligned: bool, mask: Tensor) -> Tenso
         idx = torch.full((bsz,), position % length, device=device)
     out = (torch.arange(length, device=device)[None, :] == idx[:, None]).float()
     return out * mask.float() if aligned else out
+
+
+class StopForward(BaseException):
+    """Raised by the hook of the deepest watched layer: the rest of the model's forward is not needed.
+
+    A ``BaseException`` so that a model's own ``except Exception:`` blocks do not swallow it.
+    """
+
+
+def device_of(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (CPU for a model without parameters)."""
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
