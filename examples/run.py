@@ -10,6 +10,7 @@ layers          Fig. 3: BiLSTM on SST-2, information per word in each of the 4 l
 regularization  Fig. 4: Transformer on SST-2 with several L2 weights
 words           Figs. 5-6: words the output layer reads, four models, 100 dev sentences
 sentence        Fig. 7: layer-wise information of the four models on one sentence
+attributes      Fig. 8: which attributes of "unhappiness" each layer of the four models keeps
 dynamics        Fig. 9: information per layer against training step (BERT, LSTM), via the callback
 accuracy        Table 2: dev accuracy (SST-2) and MCC (CoLA) of the four models
 train           train one model on one task (and keep it in --cache for the other analyses)
@@ -25,7 +26,7 @@ import sys
 import time
 from typing import Optional
 
-ANALYSES = ("timestamps", "layers", "regularization", "words", "sentence", "dynamics", "accuracy", "train")
+ANALYSES = ("timestamps", "layers", "regularization", "words", "sentence", "attributes", "dynamics", "accuracy", "train")
 
 
 def main(argv: Optional[list[str]] = None) -> dict:

@@ -163,3 +163,24 @@ def test_dynamics_command_reads_the_callback_results(tmp_path):
     assert all(len(row) == 4 for row in lstm["information"])
     saved = list((tmp_path / "dynamics").rglob("step_*.pt"))
     assert len(saved) == len(lstm["steps"])
+
+
+def test_word_positions_finds_whole_words_and_word_pieces():
+    from examples.analyses.attributes import word_positions
+
+    assert word_positions(["domestic", "tension", "and", "unhappiness"], "unhappiness") == [3]
+    pieces = ["[CLS]", "and", "un", "##ha", "##pp", "##iness", "[SEP]"]
+    assert word_positions(pieces, "unhappiness") == [2, 3, 4, 5]
+    with pytest.raises(ValueError, match="not in the tokens"):
+        word_positions(["and", "[UNK]"], "unhappiness")
+
+
+def test_attributes_command_handles_word_pieces(tmp_path):
+    s = _run(tmp_path, "attributes", "--models", "bert", "lstm", "--num-random", "200")
+    bert, lstm = s["models"]["bert"], s["models"]["lstm"]
+    assert bert["tokens"][bert["positions"][0]] == "un" and len(bert["positions"]) == 4
+    assert "tedious" in bert["split"]["negative adjective"]  # a split concept word is reported, not dropped
+    assert len(bert["remaining"]) == 6 and len(lstm["remaining"]) == 4
+    assert all(len(row) == len(lstm["concepts"]) == 5 for row in lstm["remaining"])
+    assert bert["num_random"] == lstm["num_random"] == 200
+    assert lstm["most_kept_last_layer"] in lstm["concepts"]
