@@ -179,8 +179,12 @@ def test_attributes_command_handles_word_pieces(tmp_path):
     s = _run(tmp_path, "attributes", "--models", "bert", "lstm", "--num-random", "200")
     bert, lstm = s["models"]["bert"], s["models"]["lstm"]
     assert bert["tokens"][bert["positions"][0]] == "un" and len(bert["positions"]) == 4
-    assert "tedious" in bert["split"]["negative adjective"]  # a split concept word is reported, not dropped
-    assert len(bert["remaining"]) == 6 and len(lstm["remaining"]) == 4
-    assert all(len(row) == len(lstm["concepts"]) == 5 for row in lstm["remaining"])
-    assert bert["num_random"] == lstm["num_random"] == 200
-    assert lstm["most_kept_last_layer"] in lstm["concepts"]
+    gauss = bert["gaussian"]
+    assert "tedious" in gauss["split"]["negative adjective"]  # a split concept word is reported, not dropped
+    assert "word pieces" in bert["state"]["skipped"]  # the state likelihood replaces a single position
+    assert len(gauss["remaining"]) == 6
+    for likelihood in ("gaussian", "state"):
+        r = lstm[likelihood]
+        assert len(r["remaining"]) == 4 and all(len(row) == len(r["concepts"]) == 5 for row in r["remaining"])
+        assert r["num_random"] == 200 and r["most_kept_last_layer"] in r["concepts"]
+    assert set(s["figures"]) == {"gaussian", "state"} and all(os.path.isfile(p) for p in s["figures"].values())

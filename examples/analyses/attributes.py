@@ -18,9 +18,10 @@ from typing import Any
 
 from examples.analyses import common
 from examples.models import MODEL_NAMES
-from lightning_infoflow import InfoFlowEstimator, attribute_figure, word_attributes
+from lightning_infoflow import InfoFlowEstimator, WordAttributes, attribute_figure, word_attributes
 
 NAME = "attributes"
+UNRELATED = ("noun", "all words")  # the concepts of the shipped set that say nothing of "unhappiness"
 PHRASE = "domestic tension and unhappiness"
 
 
@@ -46,6 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sentence", default=PHRASE)
     parser.add_argument("--word", default="unhappiness")
     parser.add_argument("--concepts", default="sst2_example", help="a JSON/YAML concept file or a shipped set's name")
+    parser.add_argument("--likelihoods", nargs="+", default=["gaussian", "state"], choices=["gaussian", "state"],
+                        help="the paper's Gaussian p(x~|s), and/or how well the layer's state is reproduced")
     parser.add_argument("--num-random", type=int, default=2000, help="vocabulary words for the expectation over X_i")
 
 
@@ -53,10 +56,31 @@ def monotone_decreasing(values: Sequence[float]) -> bool:
     return all(b <= a for a, b in zip(values, values[1:]))
 
 
+def summarise(attrs: WordAttributes) -> dict[str, Any]:
+    """What the summary keeps of one model's attributes: ``r`` and the paper's three checks."""
+    r = attrs.remaining  # [L, C]
+    last, names = r[-1], attrs.concepts
+    unrelated = [c for c in names if c in UNRELATED]
+    related = [c for c in names if c not in UNRELATED]
+    return {
+        "concepts": names, "remaining": r.tolist(), "word_attribute": attrs.word_attribute.tolist(),
+        "decreasing": {c: monotone_decreasing(r[:, j].tolist()) for j, c in enumerate(names)},
+        "first_above_last": {c: bool(r[0, j] > r[-1, j]) for j, c in enumerate(names)},
+        "most_kept_last_layer": names[int(last.argmin())],
+        "least_kept_last_layer": names[int(last.argmax())],
+        "max_over_min_last_layer": float(last.max() / last.min()) if float(last.min()) > 0 else None,
+        "related_below_unrelated_last_layer": bool(
+            max(float(last[names.index(c)]) for c in related) < min(float(last[names.index(c)]) for c in unrelated))
+        if related and unrelated else None,
+        "missing": attrs.missing, "split": attrs.split, "num_random": attrs.num_random,
+    }
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     out = common.prepare(args, NAME)
     per_model: dict[str, dict[str, Any]] = {}
-    panels, titles = [], []
+    panels: dict[str, list[WordAttributes]] = {k: [] for k in args.likelihoods}
+    titles: dict[str, list[str]] = {k: [] for k in args.likelihoods}
     for name in args.models:
         trained = common.train_classifier(args, name, "sst2", out)
         tok = trained.data.tokenizer
@@ -70,35 +94,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                 steps=common.est_steps(args, 200), seed=args.seed)
         res = est.estimate(batch, reference=reference, tokens=tokens)
         vocab = getattr(tok, "hf", None) or tok.vocab
-        attrs = word_attributes(est, res, 0, positions, args.concepts, vocab, batch=batch,
-                                num_random=args.num_random, seed=args.seed)
-        common.log.info("%s\n%s", name, attrs.report())
-        r = attrs.remaining  # [L, C]
-        last = r[-1]
-        related = [c for c in attrs.concepts if c not in ("noun", "all words")]
-        per_model[name] = {
-            "positions": positions, "tokens": tokens[0], "concepts": attrs.concepts,
-            "remaining": r.tolist(), "word_attribute": attrs.word_attribute.tolist(),
-            "decreasing": {c: monotone_decreasing(r[:, j].tolist()) for j, c in enumerate(attrs.concepts)},
-            "first_above_last": {c: bool(r[0, j] > r[-1, j]) for j, c in enumerate(attrs.concepts)},
-            "most_kept_last_layer": attrs.concepts[int(last.argmin())],
-            "least_kept_last_layer": attrs.concepts[int(last.argmax())],
-            "max_over_min_last_layer": float(last.max() / last.min()) if float(last.min()) > 0 else None,
-            "related_below_unrelated_last_layer": bool(
-                max(float(last[attrs.concepts.index(c)]) for c in related)
-                < min(float(last[attrs.concepts.index(c)]) for c in attrs.concepts if c not in related))
-            if len(related) < len(attrs.concepts) else None,
-            "missing": attrs.missing, "split": attrs.split, "num_random": attrs.num_random,
-            "val_acc": trained.metrics["val/acc"], "train_seconds": trained.seconds,
-            "estimate_seconds": time.perf_counter() - start,
-        }
-        panels.append(attrs)
-        titles.append(f"{name} (dev acc {trained.metrics['val/acc']:.3f})")
-    fig = attribute_figure(panels, titles=titles)
-    fig.suptitle(f"Remaining attributes r(i,c) of {args.word!r} in {args.sentence!r} (nats; smaller = kept)",
-                 fontsize=10)
-    png = common.save_figure(fig, out, "fig8_attributes")
-    summary = {"analysis": NAME, "out": out, "figure": png, "sentence": args.sentence, "word": args.word,
-               "models": per_model}
+        row: dict[str, Any] = {"positions": positions, "tokens": tokens[0], "val_acc": trained.metrics["val/acc"],
+                               "train_seconds": trained.seconds}
+        for likelihood in args.likelihoods:
+            if likelihood == "state" and len(positions) > 1:
+                row[likelihood] = {"skipped": f"{args.word!r} is {len(positions)} word pieces; the state "
+                                              "likelihood replaces one position"}
+                continue
+            attrs = word_attributes(est, res, 0, positions, args.concepts, vocab, batch=batch,
+                                    num_random=args.num_random, seed=args.seed, likelihood=likelihood)
+            common.log.info("%s\n%s", name, attrs.report())
+            row[likelihood] = summarise(attrs)
+            panels[likelihood].append(attrs)
+            titles[likelihood].append(f"{name} (dev acc {trained.metrics['val/acc']:.3f})")
+        row["estimate_seconds"] = time.perf_counter() - start
+        per_model[name] = row
+    figures = {}
+    for likelihood in args.likelihoods:
+        if not panels[likelihood]:
+            continue
+        fig = attribute_figure(panels[likelihood], titles=titles[likelihood])
+        fig.suptitle(f"Remaining attributes r(i,c) of {args.word!r} in {args.sentence!r} "
+                     f"({likelihood} likelihood; nats; smaller = kept)", fontsize=10)
+        suffix = "" if likelihood == "gaussian" else f"_{likelihood}"
+        figures[likelihood] = common.save_figure(fig, out, f"fig8_attributes{suffix}")
+    summary = {"analysis": NAME, "out": out, "figure": next(iter(figures.values())), "figures": figures,
+               "sentence": args.sentence, "word": args.word, "models": per_model}
     common.write_summary(out, summary)
     return summary
