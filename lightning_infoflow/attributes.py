@@ -311,8 +311,12 @@ def _gaussian_log_p(candidates: Tensor, centre: Tensor, sig2: Tensor) -> Tensor:
 
 
 def _state_log_p(est: "InfoFlowEstimator", result: InfoFlowResult, batch: taps.Batch, sentence: int,
-                 position: int, candidates: Tensor, chunk: int) -> Tensor:
-    """``-||Phi(x with x_i := x') - s||^2 / lam`` per layer and candidate: ``[L, N]`` (float64)."""
+                 position: int, candidates: Tensor, chunk: int, reference: Optional[taps.Batch] = None) -> Tensor:
+    """``-||Phi(x with x_i := x') - s||^2 / lam`` per layer and candidate: ``[L, N]`` (float64).
+
+    Hidden units are normalised by their standard deviation over ``reference`` (default: ``batch``), as
+    in the estimator.
+    """
     from lightning_infoflow.baselines import LayerProbe, model_as_found
 
     model = est.model
@@ -326,6 +330,11 @@ def _state_log_p(est: "InfoFlowEstimator", result: InfoFlowResult, batch: taps.B
         if [r.name for r in probe.rows] != list(result.layer_names):
             raise ValueError(f"the estimator's rows {[r.name for r in probe.rows]} differ from the result's "
                              f"{result.layer_names}; pass the estimator and batch that produced the result")
+        if reference is not None:
+            ref_mask = est._validate_batch(reference).to(device)
+            ref = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in reference.items()} \
+                if isinstance(reference, Mapping) else reference.to(device)
+            probe = LayerProbe(model, ref, ref_mask, est.layer_names, est._embedding, est.position)
         inv_std = {n: probe.inv_std(n) for n in probe.modules}
         one = taps.map_batch(full, lambda t: t[sentence:sentence + 1], bsz)
         single = LayerProbe(model, one, mask[sentence:sentence + 1], est.layer_names, est._embedding, est.position)
@@ -352,6 +361,7 @@ def word_attributes(
     vocab: Any,
     *,
     batch: Optional[taps.Batch] = None,
+    reference: Optional[taps.Batch] = None,
     num_random: int = 2000,
     seed: int = 0,
     split: Literal["average", "skip"] = "average",
@@ -375,6 +385,9 @@ def word_attributes(
             vocabulary lacks (or that a tokenizer maps to its unknown token) are listed in ``missing``.
         batch: the probe batch given to ``estimate``: the word's token ids are read from it (otherwise from
             ``result.tokens`` through ``vocab``). Required for ``likelihood="state"``.
+        reference: for ``likelihood="state"``, the batch whose hidden states normalise each unit: the
+            ``reference`` given to ``estimate``, if any (default: ``batch``). Pass it when ``batch`` holds
+            few sentences, since a unit's spread over one short sentence is a poor scale.
         num_random: vocabulary words drawn for the expectation over ``X_i`` (all when the vocabulary is smaller).
         seed: seed of that draw.
         split: ``"average"`` or ``"skip"`` for concept words made of several word pieces.
@@ -452,7 +465,7 @@ def word_attributes(
             raise ValueError("likelihood='state' needs the estimator as `source` and the probe `batch`")
         if len(positions) != 1:
             raise ValueError("likelihood='state' replaces one word: pass one position (e.g. one word piece)")
-        log_p = _state_log_p(source, result, batch, sentence, positions[0], candidates, chunk_size)
+        log_p = _state_log_p(source, result, batch, sentence, positions[0], candidates, chunk_size, reference)
 
     own, rand = log_p[:, 0], log_p[:, 1:1 + len(random_ids)].mean(1)
     cols, offset = [], 1 + len(random_ids)

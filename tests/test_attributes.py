@@ -178,6 +178,32 @@ def test_state_likelihood_equals_gaussian_for_an_isotropic_linear_layer() -> Non
     torch.testing.assert_close(state.remaining, gauss.remaining, rtol=0.3, atol=0.0)
 
 
+def test_state_likelihood_normalises_like_the_estimator_reference() -> None:
+    """Estimating one sentence against a reference batch: the state likelihood must use that reference too.
+
+    For Phi(x) = 3x the state likelihood equals the Gaussian one when both use the same unit scales; the
+    one sentence alone (5 tokens, 4 of them close to u) gives other scales, and the two likelihoods then disagree.
+    """
+    emb, names, _, _ = _world()
+
+    class Scale(nn.Module):
+        def forward(self, h: Tensor) -> Tensor:
+            return 3.0 * h
+
+    model = nn.Sequential(nn.Embedding.from_pretrained(emb.clone(), padding_idx=0), Scale())
+    idx = {n: i for i, n in enumerate(names)}
+    one = torch.tensor([[idx["a1"], idx["word"], idx["a2"], idx["a3"], idx["a4"]]])  # words near u: narrow spread
+    reference = torch.cat([one, _probe(names)])
+    est = InfoFlowEstimator(model, layers=["1"], embedding="0", steps=0, samples=64, seed=0)
+    res = est.estimate(one, reference=reference)
+    concepts = {"A": A_WORDS, "B": B_WORDS}
+    gauss = word_attributes(est, res, 0, 1, concepts, names, batch=one)
+    state = word_attributes(est, res, 0, 1, concepts, names, batch=one, reference=reference, likelihood="state")
+    torch.testing.assert_close(state.remaining, gauss.remaining, rtol=0.3, atol=0.0)
+    alone = word_attributes(est, res, 0, 1, concepts, names, batch=one, likelihood="state")
+    assert not torch.allclose(alone.remaining, state.remaining, rtol=0.3)
+
+
 # ---------------------------------------------------------------------------------------------- vocabulary
 
 

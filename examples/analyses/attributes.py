@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 row[likelihood] = {"skipped": f"{args.word!r} is {len(positions)} word pieces; the state "
                                               "likelihood replaces one position"}
                 continue
-            attrs = word_attributes(est, res, 0, positions, args.concepts, vocab, batch=batch,
+            attrs = word_attributes(est, res, 0, positions, args.concepts, vocab, batch=batch, reference=reference,
                                     num_random=args.num_random, seed=args.seed, likelihood=likelihood)
             common.log.info("%s\n%s", name, attrs.report())
             row[likelihood] = summarise(attrs)
