@@ -28,7 +28,9 @@ STOP_WORDS = frozenset(
     "this that these those there here he she they we you i me my your his her their our them him us "
     "do does did done have has had not no n't so too very can could will would should than then just "
     "about into over such what which who whom when where why how all any both each more most other some "
-    ". , ! ? ; : - -- ' ` `` '' ... ( ) -lrb- -rrb-".split()
+    ". , ! ? ; : - -- ' ` `` '' ... ( ) -lrb- -rrb-"
+    # pieces of contractions in BERT's vocabulary: n't -> n ' t, 's -> ' s, 're -> ' re, ...
+    " n t s re ve ll d m".split()
 )
 
 
