@@ -148,6 +148,7 @@ def test_words_sentence_accuracy_commands(tmp_path):
     s = _run(tmp_path, "words", "--models", "lstm", "cnn")
     assert set(s["stop_word_fraction"]) == {"lstm", "cnn"}
     assert all(sum(c for _, c in m["top_words"]) == 2 * m["sentences"] for m in s["models"].values())
+    assert all(m["stop_word_information_ratio"] > 0 for m in s["models"].values())  # stop and other words seen
     s = _run(tmp_path, "sentence", "--models", "bert", "transformer")
     assert len(s["models"]["bert"]["sentence_information"]) == 6
     assert len(s["models"]["transformer"]["sentence_information"]) == 3

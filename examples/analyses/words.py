@@ -53,6 +53,16 @@ def used_words(res: InfoFlowResult, top_k: int) -> list[list[str]]:
     return out
 
 
+def stop_word_ratio(res: InfoFlowResult) -> float:
+    """Mean information of stop-word tokens over that of the other words (specials left out), all sentences."""
+    stop, other = [], []
+    for b in range(res.sigma.shape[1]):
+        for word, info in zip(common.words_of(res, b), common.information_rows(res, b)[0]):
+            if word not in SPECIAL:
+                (stop if word in STOP_WORDS else other).append(float(info))
+    return (sum(stop) / len(stop)) / (sum(other) / len(other)) if stop and other else float("nan")
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     out = common.prepare(args, NAME)
     per_model: dict[str, dict[str, Any]] = {}
@@ -76,6 +86,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         per_model[name] = {
             "top_words": counts.most_common(args.show),
             "stop_word_fraction": sum(w in STOP_WORDS for w in flat) / max(len(flat), 1),
+            "stop_word_information_ratio": stop_word_ratio(res),
             "val_acc": trained.metrics["val/acc"], "train_seconds": trained.seconds,
             "estimate_seconds": time.perf_counter() - start, "sentences": len(sentences),
         }
@@ -103,6 +114,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     fractions = {n: r["stop_word_fraction"] for n, r in per_model.items()}
     summary = {"analysis": NAME, "out": out, "figure": png6, "figure5": png5, "models": per_model,
                "stop_word_fraction": fractions,
+               "stop_word_information_ratio": {n: r["stop_word_information_ratio"] for n, r in per_model.items()},
                "bert_fewest_stop_words": "bert" in fractions and fractions["bert"] == min(fractions.values())}
     common.write_summary(out, summary)
     return summary
