@@ -152,6 +152,7 @@ def test_words_sentence_accuracy_commands(tmp_path):
     s = _run(tmp_path, "sentence", "--models", "bert", "transformer")
     assert len(s["models"]["bert"]["sentence_information"]) == 6
     assert len(s["models"]["transformer"]["sentence_information"]) == 3
+    assert len(s["models"]["transformer"]["stop_word_information_ratio"]) == 3
     s = _run(tmp_path, "accuracy", "--models", "cnn", "--tasks", "sst2", "cola")
     assert set(s["results"]["cnn"]) == {"sst2", "cola"} and "| cnn |" in s["table"]
 

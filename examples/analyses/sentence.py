@@ -1,7 +1,9 @@
 """Fig. 7 (Sec. 5.2.1): layer-wise information of the four models on one SST-2 sentence.
 
 s is each layer's hidden states at every time step. The paper's finding: for every model but the CNN
-(whose four layers are parallel), the information decreases through the layers.
+(whose four layers are parallel), the information decreases through the layers, and BERT discards
+meaningless words ("to", "it") first. ``stop_word_information_ratio`` is, per layer, the mean information of
+the sentence's stop words over that of its other words.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from examples.analyses import common
+from examples.analyses.words import stop_word_ratio
 from examples.models import MODEL_NAMES
 from lightning_infoflow import InfoFlowEstimator
 
@@ -43,6 +46,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         info = res.sentence_information[:, 0].tolist()
         per_model[name] = {"sentence_information": info,
                            "decreasing": all(b <= a for a, b in zip(info, info[1:])),
+                           "stop_word_information_ratio": [stop_word_ratio(res, i) for i in range(len(info))],
                            "val_acc": trained.metrics["val/acc"], "train_seconds": trained.seconds,
                            "estimate_seconds": time.perf_counter() - start}
         labels = [f"K{w}" for w in (1, 3, 5, 7)] if name == "cnn" else [f"L{i + 1}" for i in range(len(info))]

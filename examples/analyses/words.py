@@ -53,11 +53,11 @@ def used_words(res: InfoFlowResult, top_k: int) -> list[list[str]]:
     return out
 
 
-def stop_word_ratio(res: InfoFlowResult) -> float:
-    """Mean information of stop-word tokens over that of the other words (specials left out), all sentences."""
+def stop_word_ratio(res: InfoFlowResult, layer: int = 0) -> float:
+    """Mean information of stop-word tokens over that of the other words (specials left out) in ``layer``."""
     stop, other = [], []
     for b in range(res.sigma.shape[1]):
-        for word, info in zip(common.words_of(res, b), common.information_rows(res, b)[0]):
+        for word, info in zip(common.words_of(res, b), common.information_rows(res, b)[layer]):
             if word not in SPECIAL:
                 (stop if word in STOP_WORDS else other).append(float(info))
     return (sum(stop) / len(stop)) / (sum(other) / len(other)) if stop and other else float("nan")
