@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         tok = trained.data.tokenizer
         start = time.perf_counter()
         est = InfoFlowEstimator(trained.module, layers=trained.module.infoflow_readout,
-                                steps=common.est_steps(args, 50), seed=args.seed)
+                                steps=common.est_steps(args, 20), seed=args.seed)
         res = est.estimate(tok.encode(sentences), tokens=tok.tokens(sentences))
         res.save(f"{out}/result_{name}.pt")
         examples[name] = res
