@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                      f"({likelihood} likelihood; nats; smaller = kept)", fontsize=10)
         suffix = "" if likelihood == "gaussian" else f"_{likelihood}"
         figures[likelihood] = common.save_figure(fig, out, f"fig8_attributes{suffix}")
-    summary = {"analysis": NAME, "out": out, "figure": next(iter(figures.values())), "figures": figures,
+    summary = {"analysis": NAME, "out": out, "figure": next(iter(figures.values()), None), "figures": figures,
                "sentence": args.sentence, "word": args.word, "models": per_model}
     common.write_summary(out, summary)
     return summary
