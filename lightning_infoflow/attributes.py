@@ -320,9 +320,8 @@ def _state_log_p(est: "InfoFlowEstimator", result: InfoFlowResult, batch: taps.B
     from lightning_infoflow.baselines import LayerProbe, model_as_found
 
     model = est.model
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    full = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()} \
-        if isinstance(batch, Mapping) else batch.to(device)
+    device = taps.device_of(model)
+    full = taps.to_device(batch, device)
     mask = result.mask.to(device)
     bsz = mask.shape[0]
     with model_as_found(model, device), torch.no_grad():
@@ -332,9 +331,8 @@ def _state_log_p(est: "InfoFlowEstimator", result: InfoFlowResult, batch: taps.B
                              f"{result.layer_names}; pass the estimator and batch that produced the result")
         if reference is not None:
             ref_mask = est._validate_batch(reference).to(device)
-            ref = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in reference.items()} \
-                if isinstance(reference, Mapping) else reference.to(device)
-            probe = LayerProbe(model, ref, ref_mask, est.layer_names, est._embedding, est.position)
+            probe = LayerProbe(model, taps.to_device(reference, device), ref_mask, est.layer_names,
+                               est._embedding, est.position)
         inv_std = {n: probe.inv_std(n) for n in probe.modules}
         one = taps.map_batch(full, lambda t: t[sentence:sentence + 1], bsz)
         single = LayerProbe(model, one, mask[sentence:sentence + 1], est.layer_names, est._embedding, est.position)

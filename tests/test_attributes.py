@@ -18,14 +18,6 @@ from lightning_infoflow.concepts import EXAMPLE_CONCEPTS
 K = 16
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---------------------------------------------------------------------------------------------- a toy world
 
 def _world(seed: int = 0) -> tuple[Tensor, list[str], Tensor, Tensor]:

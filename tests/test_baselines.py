@@ -19,14 +19,6 @@ from models import BiLSTMClassifier, TransformerClassifier, tiny_bert  # noqa: E
 DIM, SEQ, LAYERS = 12, 7, 4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Truncate(nn.Module):
     """``W h`` with ``W`` = scale x an orthogonal matrix, then every time step from ``T - drop`` on set to 0."""
 
