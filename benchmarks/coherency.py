@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common as C  # noqa: E402
 
 from lightning_infoflow import InfoFlowEstimator  # noqa: E402
-from lightning_infoflow.baselines import saliency  # noqa: E402
+from lightning_infoflow.analysis.saliency import saliency  # noqa: E402
 
 METHODS = ["ours", "gradient", "integrated_gradients", "perturbation", "lrp"]
 TITLES = {"ours": "ours (Eq. 7)", "gradient": "gradient", "integrated_gradients": "integrated gradients",
@@ -148,7 +148,7 @@ def markdown(out: dict, args: argparse.Namespace) -> str:
         f"(`--seeds {n} --layers {args.layers} --dim {args.dim} --seq {args.seq} --batch {args.batch} "
         f"--steps {args.steps}`); see the script's docstring for the models. Layer `k` keeps exactly the "
         f"first `T - k - 1` of `T = {args.seq}` words, so the information decreases through the layers by "
-        "construction. Baselines use the defaults of `lightning_infoflow.baselines.saliency` "
+        "construction. Baselines use the defaults of `lightning_infoflow.analysis.saliency.saliency` "
         "(target = norm of the state; IG 32 steps from zero embeddings; perturbation: blur fill, 150 Adam "
         "steps, L1 0.1, TV 0.01).",
         "",

@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from examples.data import GlueDataModule, load_split  # noqa: E402
 from examples.models import TextClassifier  # noqa: E402
 from lightning_infoflow import InfoFlowCallback, InfoFlowResult  # noqa: E402
-from lightning_infoflow.figures import information_curves, information_heatmap  # noqa: E402
+from lightning_infoflow.reporting.figures import information_curves, information_heatmap  # noqa: E402
 
 PROBE = [
     "rare bird has more than enough charm to make it memorable .",

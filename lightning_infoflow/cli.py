@@ -29,9 +29,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from lightning_infoflow import guidance
-from lightning_infoflow.guidance import Finding
-from lightning_infoflow.report import (
+from lightning_infoflow.analysis import guidance
+from lightning_infoflow.analysis.guidance import Finding
+from lightning_infoflow.reporting.runs import (
     RunError,
     compare_findings,
     compare_tables,
@@ -326,8 +326,8 @@ def analyze(module_spec: Optional[str], ckpt: Optional[str], hf_model: Optional[
     file, and write the same raw results as the callback, so `infoflow report OUT` works on it."""
     from lightning.pytorch.core.saving import save_hparams_to_yaml
 
-    from lightning_infoflow.estimator import InfoFlowEstimator
-    from lightning_infoflow.probe import build_probe, read_sentences
+    from lightning_infoflow.core.estimator import InfoFlowEstimator
+    from lightning_infoflow.core.probe import build_probe, read_sentences
 
     if (module_spec is None) == (hf_model is None):
         raise click.UsageError("pass either --module pkg.mod:Class with --ckpt, or --hf-model FOLDER")

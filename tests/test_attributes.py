@@ -12,8 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from lightning_infoflow import InfoFlowEstimator, InfoFlowResult
-from lightning_infoflow.attributes import ALL_WORDS, WordAttributes, attribute_figure, load_concepts, word_attributes
-from lightning_infoflow.concepts import EXAMPLE_CONCEPTS
+from lightning_infoflow.analysis.attributes import ALL_WORDS, WordAttributes, attribute_figure, load_concepts, word_attributes
+from lightning_infoflow.analysis.concepts import EXAMPLE_CONCEPTS
 
 K = 16
 

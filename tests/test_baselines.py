@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_infoflow import InfoFlowEstimator
-from lightning_infoflow.baselines import METHODS, SaliencyResult, saliency
+from lightning_infoflow.analysis.saliency import METHODS, SaliencyResult, saliency
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import BiLSTMClassifier, TransformerClassifier, tiny_bert  # noqa: E402

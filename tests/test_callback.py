@@ -18,7 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.data import DataLoader
 
 from lightning_infoflow import InfoFlowCallback, InfoFlowResult
-from lightning_infoflow.callback import log_spaced_steps
+from lightning_infoflow.lightning.callback import log_spaced_steps
 
 from lit_helpers import TinyClassifier, loaders, make_data, probe_ids
 
@@ -158,7 +158,7 @@ def test_mlflow_gets_figures(tmp_path):
     logger.save_dir = str(tmp_path)
     logger.experiment_id = "0"
     logger.log_dir = None
-    from lightning_infoflow.sinks import Sinks
+    from lightning_infoflow.lightning.sinks import Sinks
     from matplotlib.figure import Figure
 
     fig = Figure()

@@ -23,6 +23,8 @@ from torch import Tensor, nn
 
 from lightning_infoflow import InfoFlowEstimator, InfoFlowResult
 
+
+
 # ----------------------------------------------------------------------------- helpers
 
 

@@ -10,8 +10,14 @@ from types import ModuleType
 import pytest
 import torch
 
-from lightning_infoflow import InfoFlowResult, figures, guidance, report
-from lightning_infoflow.guidance import (
+from lightning_infoflow import InfoFlowResult
+
+from lightning_infoflow.reporting import figures
+
+from lightning_infoflow.analysis import guidance
+
+from lightning_infoflow.reporting import runs as report
+from lightning_infoflow.analysis.guidance import (
     Finding,
     collapse_finding,
     collapse_findings,

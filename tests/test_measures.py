@@ -11,11 +11,12 @@ from types import ModuleType
 import pytest
 import torch
 
-import lightning_infoflow.estimator
-import lightning_infoflow.measures
-import lightning_infoflow.result
-import lightning_infoflow.taps
-from lightning_infoflow import InfoFlowResult, measures
+import lightning_infoflow.core.estimator
+import lightning_infoflow.core.measures
+import lightning_infoflow.core.result
+import lightning_infoflow.core.resolve
+from lightning_infoflow import InfoFlowResult
+from lightning_infoflow.core import measures
 
 NAN = float("nan")
 
@@ -90,7 +91,7 @@ def test_result_save_load_without_the_package(tmp_path: Path) -> None:
     res = _result()
     res.save(tmp_path / "r.pt")
     raw = torch.load(tmp_path / "r.pt", weights_only=True)  # a plain dict of tensors and primitives
-    assert raw["format"] == "lightning_infoflow.result/v1" and raw["layer_names"] == ["a", "b"]
+    assert raw["format"] == "lightning_infoflow.core.result/v1" and raw["layer_names"] == ["a", "b"]
     torch.testing.assert_close(raw["information"], res.information, equal_nan=True)
     back = InfoFlowResult.load(tmp_path / "r.pt")
     torch.testing.assert_close(back.sigma, res.sigma, equal_nan=True)
@@ -105,7 +106,8 @@ def test_loading_something_else_is_an_error(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "module",
-    [lightning_infoflow.estimator, lightning_infoflow.measures, lightning_infoflow.result, lightning_infoflow.taps],
+    [lightning_infoflow.core.estimator, lightning_infoflow.core.measures, lightning_infoflow.core.result,
+     lightning_infoflow.core.resolve],
     ids=lambda m: m.__name__,
 )
 def test_docstring_examples_run(module: ModuleType) -> None:

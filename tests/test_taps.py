@@ -15,7 +15,8 @@ from models import (
 )
 from torch import nn
 
-from lightning_infoflow import InfoFlowEstimator, taps
+from lightning_infoflow import InfoFlowEstimator
+from lightning_infoflow.core import hidden, inputs, resolve
 
 
 @pytest.mark.parametrize(
@@ -52,7 +53,7 @@ def test_auto_embedding_prefers_get_input_embeddings() -> None:
         def get_input_embeddings(self) -> nn.Module:
             return self.tokens
 
-    name, module = taps.resolve_embedding(WithGetter(), "auto")
+    name, module = resolve.resolve_embedding(WithGetter(), "auto")
     assert name == "tokens" and isinstance(module, nn.Embedding) and module.num_embeddings == 50
 
 
@@ -86,27 +87,27 @@ def test_single_layer_rnns_do_not_warn(caplog: pytest.LogCaptureFixture) -> None
 
 def test_glob_patterns_stay_within_one_name_component() -> None:
     bert = ZOO["bert"](layers=3)
-    assert taps.resolve_layers(bert, "encoder.layer.*", "embeddings.word_embeddings") == [
+    assert resolve.resolve_layers(bert, "encoder.layer.*", "embeddings.word_embeddings") == [
         "encoder.layer.0", "encoder.layer.1", "encoder.layer.2"
     ]
-    assert taps.resolve_layers(bert, "encoder.layer.[02]", "") == ["encoder.layer.0", "encoder.layer.2"]
-    assert taps.resolve_layers(bert, "encoder.**.output.LayerNorm", "") == [
+    assert resolve.resolve_layers(bert, "encoder.layer.[02]", "") == ["encoder.layer.0", "encoder.layer.2"]
+    assert resolve.resolve_layers(bert, "encoder.**.output.LayerNorm", "") == [
         "encoder.layer.0.attention.output.LayerNorm", "encoder.layer.0.output.LayerNorm",
         "encoder.layer.1.attention.output.LayerNorm", "encoder.layer.1.output.LayerNorm",
         "encoder.layer.2.attention.output.LayerNorm", "encoder.layer.2.output.LayerNorm",
     ]
     # A list mixes names and patterns, keeps the order given and drops duplicates.
-    assert taps.resolve_layers(bert, ["encoder.layer.2", "encoder.layer.*"], "") == [
+    assert resolve.resolve_layers(bert, ["encoder.layer.2", "encoder.layer.*"], "") == [
         "encoder.layer.2", "encoder.layer.0", "encoder.layer.1"
     ]
 
 
 def test_glob_match() -> None:
-    assert taps.glob_match("convs.3", "convs.?")
-    assert not taps.glob_match("convs.3.weight", "convs.?")
-    assert taps.glob_match("a.b.c", "**")
-    assert taps.glob_match("a.b.c", "a.**.c") and taps.glob_match("a.c", "a.**.c")
-    assert not taps.glob_match("a.b.d", "a.**.c")
+    assert resolve.glob_match("convs.3", "convs.?")
+    assert not resolve.glob_match("convs.3.weight", "convs.?")
+    assert resolve.glob_match("a.b.c", "**")
+    assert resolve.glob_match("a.b.c", "a.**.c") and resolve.glob_match("a.c", "a.**.c")
+    assert not resolve.glob_match("a.b.d", "a.**.c")
 
 
 def test_empty_layer_list_is_an_error() -> None:
@@ -116,22 +117,22 @@ def test_empty_layer_list_is_an_error() -> None:
 
 def test_unknown_names_list_close_matches() -> None:
     with pytest.raises(ValueError, match=r"'grus\.0'.*named_modules"):
-        taps.find_module(GRUStack(), "gru.0", "layer")
+        resolve.find_module(GRUStack(), "gru.0", "layer")
     with pytest.raises(ValueError, match="Close matches: none"):
-        taps.find_module(GRUStack(), "zzzzzz", "layer")
+        resolve.find_module(GRUStack(), "zzzzzz", "layer")
 
 
 def test_batch_and_time_dims() -> None:
     b, t = 3, 5
     # [B, T, H], [T, B, H], pooled [B, H] and a Conv1d's [B, C, T] whose C equals T.
-    assert taps.find_batch_and_time_dims(torch.zeros(b, t, 7), torch.zeros(2 * b, t, 7), t) == (0, 1)
-    assert taps.find_batch_and_time_dims(torch.zeros(t, b, 7), torch.zeros(t, 2 * b, 7), t) == (1, 0)
-    assert taps.find_batch_and_time_dims(torch.zeros(b, 7), torch.zeros(2 * b, 7), t) == (0, None)
+    assert hidden.find_batch_and_time_dims(torch.zeros(b, t, 7), torch.zeros(2 * b, t, 7), t) == (0, 1)
+    assert hidden.find_batch_and_time_dims(torch.zeros(t, b, 7), torch.zeros(t, 2 * b, 7), t) == (1, 0)
+    assert hidden.find_batch_and_time_dims(torch.zeros(b, 7), torch.zeros(2 * b, 7), t) == (0, None)
     conv = nn.Conv1d(4, t, 3, padding=1)
-    assert taps.find_batch_and_time_dims(torch.zeros(b, t, t), torch.zeros(2 * b, t, t), t, conv) == (0, 2)
-    assert taps.find_batch_and_time_dims(torch.zeros(b, t, t), torch.zeros(2 * b, t, t), t) == (0, 1)
+    assert hidden.find_batch_and_time_dims(torch.zeros(b, t, t), torch.zeros(2 * b, t, t), t, conv) == (0, 2)
+    assert hidden.find_batch_and_time_dims(torch.zeros(b, t, t), torch.zeros(2 * b, t, t), t) == (0, 1)
     with pytest.raises(ValueError, match="cannot tell the batch dimension"):
-        taps.find_batch_and_time_dims(torch.zeros(b, 4), torch.zeros(b, 4), t)
+        hidden.find_batch_and_time_dims(torch.zeros(b, 4), torch.zeros(b, 4), t)
 
 
 def test_kim_cnn_with_as_many_channels_as_words_uses_the_time_axis() -> None:
@@ -145,21 +146,21 @@ def test_kim_cnn_with_as_many_channels_as_words_uses_the_time_axis() -> None:
 
 def test_output_containers() -> None:
     x, y = torch.zeros(2), torch.ones(2)
-    assert taps.first_tensor(x) is x
-    assert taps.first_tensor((x, y)) is x and taps.first_tensor([y, x]) is y
-    assert taps.first_tensor({"h": y}) is y
-    assert taps.replace_first_tensor((x, 1), y) == (y, 1)
-    assert taps.replace_first_tensor([x, 1], y) == [y, 1]
+    assert hidden.first_tensor(x) is x
+    assert hidden.first_tensor((x, y)) is x and hidden.first_tensor([y, x]) is y
+    assert hidden.first_tensor({"h": y}) is y
+    assert hidden.replace_first_tensor((x, 1), y) == (y, 1)
+    assert hidden.replace_first_tensor([x, 1], y) == [y, 1]
     with pytest.raises(TypeError):
-        taps.first_tensor("nothing")
+        hidden.first_tensor("nothing")
 
 
 def test_batch_utilities() -> None:
     batch = {"input_ids": torch.arange(6).view(2, 3), "attention_mask": torch.ones(2, 3), "flag": True,
              "weights": torch.ones(3)}
-    rep = taps.repeat_batch(batch, 3, 2)
+    rep = inputs.repeat_batch(batch, 3, 2)
     assert rep["input_ids"].shape == (6, 3) and torch.equal(rep["input_ids"][4], batch["input_ids"][0])
     assert rep["flag"] is True and rep["weights"].shape == (3,)  # not batch-shaped: untouched
-    assert taps.batch_size_of(batch) == 2
+    assert inputs.batch_size_of(batch) == 2
     with pytest.raises(ValueError, match="LongTensor"):
-        taps.input_ids_of({"ids": torch.zeros(1, 1)})
+        inputs.input_ids_of({"ids": torch.zeros(1, 1)})

@@ -9,9 +9,9 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor
 
-from lightning_infoflow import measures
+from lightning_infoflow.core import measures
 
-_FORMAT = "lightning_infoflow.result/v1"
+_FORMAT = "lightning_infoflow.core.result/v1"
 
 
 @dataclass

@@ -4,7 +4,7 @@ A *run* is a logger's log dir (``TensorBoardLogger.log_dir``, ``CSVLogger.log_di
 ``infoflow/results/step_XXXXXXXX.pt`` files; its hyperparameters come from the logger's ``hparams.yaml``
 and its other scalars (training loss, validation metrics) from ``metrics.csv`` or the TensorBoard event
 files. :func:`write_run_report` and :func:`write_comparison` draw the figures with
-:mod:`lightning_infoflow.figures`, embed them as base64 PNGs in one HTML file and save the PNGs beside it.
+:mod:`lightning_infoflow.reporting.figures`, embed them as base64 PNGs in one HTML file and save the PNGs beside it.
 """
 
 from __future__ import annotations
@@ -27,9 +27,11 @@ import yaml
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from lightning_infoflow import figures, guidance
-from lightning_infoflow.guidance import Finding
-from lightning_infoflow.result import InfoFlowResult
+from lightning_infoflow.reporting import figures
+
+from lightning_infoflow.analysis import guidance
+from lightning_infoflow.analysis.guidance import Finding
+from lightning_infoflow.core.result import InfoFlowResult
 
 RESULTS_DIR = os.path.join("infoflow", "results")
 _STEP_FILE = re.compile(r"^step_(\d+)\.pt$")

@@ -9,7 +9,7 @@ The rules and their default thresholds (module constants, each overridable per c
 
 ``too_little_information`` (Sec. 4.3, Fig. 4 of Guan et al.)
     The last layer keeps fewer effective words (participation ratio of the per-word information,
-    :func:`lightning_infoflow.measures.effective_words`) than the task needs. In a sweep the bar is
+    :func:`lightning_infoflow.core.measures.effective_words`) than the task needs. In a sweep the bar is
     relative to the best run (the best final validation score when every run logged one, else the run
     whose last layer keeps the most effective words): a run is flagged when it keeps fewer than
     ``TOO_LITTLE_RELATIVE`` (0.5) times the best run's effective words. A single run is flagged when its
@@ -50,7 +50,7 @@ from typing import Any, Literal, Optional, Union
 import torch
 from torch import Tensor
 
-from lightning_infoflow.result import InfoFlowResult
+from lightning_infoflow.core.result import InfoFlowResult
 
 TOO_LITTLE_RELATIVE = 0.5
 TOO_LITTLE_ABSOLUTE = 1.5

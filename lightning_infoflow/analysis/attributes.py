@@ -40,13 +40,13 @@ from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from lightning_infoflow import taps
-from lightning_infoflow.result import InfoFlowResult
+from lightning_infoflow.core import guard, inputs
+from lightning_infoflow.core.result import InfoFlowResult
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from lightning_infoflow.estimator import InfoFlowEstimator
+    from lightning_infoflow.core.estimator import InfoFlowEstimator
 
 ConceptSpec = Union[Mapping[str, Union[Sequence[str], str]], str, "os.PathLike[str]"]
 ALL_WORDS = "*"
@@ -80,7 +80,7 @@ def load_concepts(source: ConceptSpec) -> dict[str, Union[list[str], str]]:
     else:
         path = os.fspath(source)
         if not os.path.exists(path) and os.sep not in path and "." not in path:
-            from lightning_infoflow.concepts import EXAMPLE_CONCEPTS
+            from lightning_infoflow.analysis.concepts import EXAMPLE_CONCEPTS
 
             shipped = EXAMPLE_CONCEPTS.with_name(f"{path}.json")
             if not shipped.is_file():
@@ -221,7 +221,7 @@ class WordAttributes:
 
 
 def _embedding_matrix(source: Any) -> tuple[Tensor, Optional[int]]:
-    from lightning_infoflow.estimator import InfoFlowEstimator
+    from lightning_infoflow.core.estimator import InfoFlowEstimator
 
     if isinstance(source, InfoFlowEstimator):
         module = source._embedding
@@ -243,9 +243,9 @@ def _embedding_matrix(source: Any) -> tuple[Tensor, Optional[int]]:
 
 
 def _word_ids(result: InfoFlowResult, sentence: int, positions: list[int], vocab: _Vocab,
-              batch: Optional[taps.Batch]) -> list[int]:
+              batch: Optional[inputs.Batch]) -> list[int]:
     if batch is not None:
-        ids = taps.input_ids_of(batch)
+        ids = inputs.input_ids_of(batch)
         return [int(ids[sentence, p]) for p in positions]
     if result.tokens is not None:
         out = []
@@ -310,18 +310,18 @@ def _gaussian_log_p(candidates: Tensor, centre: Tensor, sig2: Tensor) -> Tensor:
     return -0.5 * k * torch.log(2 * math.pi * sig2).unsqueeze(1) - d2.unsqueeze(0) / (2 * sig2.unsqueeze(1))
 
 
-def _state_log_p(est: "InfoFlowEstimator", result: InfoFlowResult, batch: taps.Batch, sentence: int,
-                 position: int, candidates: Tensor, chunk: int, reference: Optional[taps.Batch] = None) -> Tensor:
+def _state_log_p(est: "InfoFlowEstimator", result: InfoFlowResult, batch: inputs.Batch, sentence: int,
+                 position: int, candidates: Tensor, chunk: int, reference: Optional[inputs.Batch] = None) -> Tensor:
     """``-||Phi(x with x_i := x') - s||^2 / lam`` per layer and candidate: ``[L, N]`` (float64).
 
     Hidden units are normalised by their standard deviation over ``reference`` (default: ``batch``), as
     in the estimator.
     """
-    from lightning_infoflow.baselines import LayerProbe, model_as_found
+    from lightning_infoflow.analysis.saliency import LayerProbe, model_as_found
 
     model = est.model
-    device = taps.device_of(model)
-    full = taps.to_device(batch, device)
+    device = guard.device_of(model)
+    full = inputs.to_device(batch, device)
     mask = result.mask.to(device)
     bsz = mask.shape[0]
     with model_as_found(model, device), torch.no_grad():
@@ -331,10 +331,10 @@ def _state_log_p(est: "InfoFlowEstimator", result: InfoFlowResult, batch: taps.B
                              f"{result.layer_names}; pass the estimator and batch that produced the result")
         if reference is not None:
             ref_mask = est._validate_batch(reference).to(device)
-            probe = LayerProbe(model, taps.to_device(reference, device), ref_mask, est.layer_names,
+            probe = LayerProbe(model, inputs.to_device(reference, device), ref_mask, est.layer_names,
                                est._embedding, est.position)
         inv_std = {n: probe.inv_std(n) for n in probe.modules}
-        one = taps.map_batch(full, lambda t: t[sentence:sentence + 1], bsz)
+        one = inputs.map_batch(full, lambda t: t[sentence:sentence + 1], bsz)
         single = LayerProbe(model, one, mask[sentence:sentence + 1], est.layer_names, est._embedding, est.position)
         out = torch.zeros(len(single.rows), candidates.shape[0], dtype=torch.float64)
         for a in range(0, candidates.shape[0], chunk):
@@ -358,8 +358,8 @@ def word_attributes(
     concepts: ConceptSpec,
     vocab: Any,
     *,
-    batch: Optional[taps.Batch] = None,
-    reference: Optional[taps.Batch] = None,
+    batch: Optional[inputs.Batch] = None,
+    reference: Optional[inputs.Batch] = None,
     num_random: int = 2000,
     seed: int = 0,
     split: Literal["average", "skip"] = "average",
@@ -457,7 +457,7 @@ def word_attributes(
     if likelihood == "gaussian":
         log_p = _gaussian_log_p(candidates, centre, sig2)
     else:
-        from lightning_infoflow.estimator import InfoFlowEstimator
+        from lightning_infoflow.core.estimator import InfoFlowEstimator
 
         if not isinstance(source, InfoFlowEstimator) or batch is None:
             raise ValueError("likelihood='state' needs the estimator as `source` and the probe `batch`")

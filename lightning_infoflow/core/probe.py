@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_infoflow.taps import Batch
+from lightning_infoflow.core.inputs import Batch
 
 ProbeLike = Union[str, Sequence[str], Sequence[Sequence[int]], Tensor, Mapping[str, Any], Dataset, DataLoader]
 

@@ -13,7 +13,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from lightning_infoflow.result import InfoFlowResult
+from lightning_infoflow.core.result import InfoFlowResult
 
 
 def information_heatmap(result: InfoFlowResult, sentence: int, title: Optional[str] = None) -> Figure:

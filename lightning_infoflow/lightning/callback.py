@@ -17,11 +17,11 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_infoflow import figures
-from lightning_infoflow.estimator import InfoFlowEstimator
-from lightning_infoflow.probe import Probe, ProbeLike, build_probe
-from lightning_infoflow.result import InfoFlowResult
-from lightning_infoflow.sinks import Sinks, logger_dir
+from lightning_infoflow.reporting import figures
+from lightning_infoflow.core.estimator import InfoFlowEstimator
+from lightning_infoflow.core.probe import Probe, ProbeLike, build_probe
+from lightning_infoflow.core.result import InfoFlowResult
+from lightning_infoflow.lightning.sinks import Sinks, logger_dir
 
 _MEASURES = ("information", "entropy", "effective_words", "loss")
 
@@ -111,7 +111,7 @@ class InfoFlowCallback(Callback):
         loss_key: a training loss in ``trainer.callback_metrics`` to use for the collapse check. Default:
             the mean of the losses ``training_step`` returned since the previous analysis.
         warn_collapse: warn when a layer's information falls steeply between two analyses while the
-            training loss does not improve (:func:`lightning_infoflow.guidance.collapse_finding`).
+            training loss does not improve (:func:`lightning_infoflow.analysis.guidance.collapse_finding`).
         precision: ``"32"`` runs the estimator in float32 (default, autocast off); ``"training"`` runs it
             in the Trainer's precision (``trainer.precision_plugin.forward_context()``, e.g. bf16 autocast).
         seed: seed of the estimator's private noise generator.
@@ -197,7 +197,7 @@ class InfoFlowCallback(Callback):
         self.progress = progress
         self.max_overhead = max_overhead
         self.distributed = distributed
-        from lightning_infoflow.baselines import METHODS
+        from lightning_infoflow.analysis.saliency import METHODS
 
         unknown = [m for m in baselines if m not in METHODS]
         if unknown:
@@ -285,7 +285,7 @@ class InfoFlowCallback(Callback):
             if self.vocab is None and self.tokenizer is None:
                 raise ValueError("InfoFlowCallback(attributes=...) needs `vocab=` (or a `tokenizer=`) to look up "
                                  "concept words")
-            from lightning_infoflow.attributes import load_concepts
+            from lightning_infoflow.analysis.attributes import load_concepts
 
             self.concepts = load_concepts(self.concepts)
             for sentence, _ in self.attributes:
@@ -433,7 +433,7 @@ class InfoFlowCallback(Callback):
     def _check_collapse(self) -> None:
         if not self.warn_collapse or len(self._history) < 2:
             return
-        from lightning_infoflow.guidance import collapse_finding
+        from lightning_infoflow.analysis.guidance import collapse_finding
 
         finding = collapse_finding(self._history_steps, torch.stack(self._history), self._losses, self._layer_names)
         if finding is not None:
@@ -508,8 +508,8 @@ class InfoFlowCallback(Callback):
 
     def _extras(self, result: InfoFlowResult) -> tuple[dict[str, Tensor], list[Any], dict[str, float]]:
         """Baseline saliency maps, word attributes and their scalars for one analysis (rank 0)."""
-        from lightning_infoflow.attributes import word_attributes
-        from lightning_infoflow.baselines import saliency
+        from lightning_infoflow.analysis.attributes import word_attributes
+        from lightning_infoflow.analysis.saliency import saliency
 
         assert self._estimator is not None and self._probe is not None
         est = self._estimator
@@ -558,7 +558,7 @@ class InfoFlowCallback(Callback):
                 figs[f"infoflow/baselines/sentence_{b}"] = (figures.comparison_heatmaps(result, maps, b),
                                                             "information beside " + ", ".join(maps))
             if attrs:
-                from lightning_infoflow.attributes import attribute_figure
+                from lightning_infoflow.analysis.attributes import attribute_figure
 
                 figs["infoflow/attributes"] = (attribute_figure(attrs, titles=[a.word for a in attrs]),
                                                "r = A_i - A_c per layer and concept (Fig. 8)")

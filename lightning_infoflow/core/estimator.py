@@ -27,7 +27,7 @@ averages the noise of the few draws per step away. (Adam, used before, moves eve
 the same schedule where the step has fallen to ``warm_lr``. Precision: the estimator's own tensors
 (sigma, noise, errors, normalisation) are float32; the model runs as the caller runs it (under
 ``torch.autocast`` its matmuls run in the autocast dtype; see the README for the measured agreement).
-Compiled modules run eagerly during an estimate (:func:`taps.eager`).
+Compiled modules run eagerly during an estimate (:func:`guard.eager`).
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ from typing import Any, Callable, Literal, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from lightning_infoflow import taps
-from lightning_infoflow.result import InfoFlowResult
+from lightning_infoflow.core import guard, hidden, inputs, resolve
+from lightning_infoflow.core.result import InfoFlowResult
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ _TAU = 5.0  # steps over which the step size halves (eta_t = lr / (1 + t / _TAU)
 _MAX_GRAD = 2.0  # gradient clip on log sigma from above (from below it is -1, the prior term alone)
 
 
-_StopForward = taps.StopForward
+_StopForward = hidden.StopForward
 
 
 def _discard(_t: Tensor) -> None:
@@ -94,7 +94,7 @@ class _LayerState:
     aligned: bool  # the time axis is the input's word axis (padding mask applies)
 
 
-_layout = taps.layout
+_layout = hidden.layout
 
 
 class InfoFlowEstimator:
@@ -209,11 +209,11 @@ class InfoFlowEstimator:
         self.tol = float(tol)
         self.check_every = check_every
         self.seed = int(seed)
-        self.embedding_name, self._embedding = taps.resolve_embedding(model, embedding)
-        self.layer_names = taps.resolve_layers(model, layers, self.embedding_name)
+        self.embedding_name, self._embedding = resolve.resolve_embedding(model, embedding)
+        self.layer_names = resolve.resolve_layers(model, layers, self.embedding_name)
         if self.embedding_name in self.layer_names:
             raise ValueError(f"the embedding module {self.embedding_name!r} cannot also be a watched layer")
-        self._modules = {n: taps.find_module(model, n, "layer") for n in self.layer_names}
+        self._modules = {n: resolve.find_module(model, n, "layer") for n in self.layer_names}
         self.sigma_max = float(sigma_max) if sigma_max is not None else self._default_sigma_max()
         self.embedding_dim: Optional[int] = None  # K, known after the first check() or estimate()
 
@@ -238,10 +238,10 @@ class InfoFlowEstimator:
     @torch.no_grad()
     def estimate(
         self,
-        batch: taps.Batch,
+        batch: inputs.Batch,
         *,
         init: Optional[InfoFlowResult] = None,
-        reference: Optional[taps.Batch] = None,
+        reference: Optional[inputs.Batch] = None,
         tokens: Optional[list[list[str]]] = None,
         on_step: Optional[Callable[[int, int], None]] = None,
     ) -> InfoFlowResult:
@@ -265,12 +265,12 @@ class InfoFlowEstimator:
         device = self._device()
         mask = self._validate_batch(batch).to(device)
         batch = self._to(batch, device)
-        with taps.model_untouched(self.model, device):
+        with guard.model_untouched(self.model, device):
             prep = self._prepare(batch, mask, reference, device)
             return self._optimise(batch, mask, prep, init, tokens, device, on_step)
 
     @torch.no_grad()
-    def check(self, batch: taps.Batch) -> list[str]:
+    def check(self, batch: inputs.Batch) -> list[str]:
         """Validate ``batch`` against the model without optimising anything; return the result's row names.
 
         Runs the checks :meth:`estimate` runs first (ids, padding, every watched layer called once,
@@ -282,21 +282,21 @@ class InfoFlowEstimator:
         device = self._device()
         mask = self._validate_batch(batch).to(device)
         batch = self._to(batch, device)
-        with taps.model_untouched(self.model, device):
+        with guard.model_untouched(self.model, device):
             prep = self._prepare(batch, mask, None, device)
         return [t.name for t in prep["targets"]]
 
     # ------------------------------------------------------------------ validation
 
     def _device(self) -> torch.device:
-        return taps.device_of(self.model)
+        return guard.device_of(self.model)
 
     @staticmethod
-    def _to(batch: taps.Batch, device: torch.device) -> taps.Batch:
-        return taps.to_device(batch, device)
+    def _to(batch: inputs.Batch, device: torch.device) -> inputs.Batch:
+        return inputs.to_device(batch, device)
 
-    def _validate_batch(self, batch: taps.Batch) -> Tensor:
-        return taps.word_mask(batch, self.pad_token_id)
+    def _validate_batch(self, batch: inputs.Batch) -> Tensor:
+        return inputs.word_mask(batch, self.pad_token_id)
 
     # ------------------------------------------------------------------ preparation
 
@@ -319,7 +319,7 @@ class InfoFlowEstimator:
                 targets.append(_Target(f"{name}@{p}", name, p))
         return targets
 
-    def _prepare(self, batch: taps.Batch, mask: Tensor, reference: Optional[taps.Batch], device: torch.device) -> dict:
+    def _prepare(self, batch: inputs.Batch, mask: Tensor, reference: Optional[inputs.Batch], device: torch.device) -> dict:
         bsz, seq = mask.shape
         # Forward on B sentences (clean) and on 2B (second half noisy): locates batch and time
         # dimensions, and shows whether each layer depends on its input at all.
@@ -332,7 +332,7 @@ class InfoFlowEstimator:
         gen = torch.Generator(device=device).manual_seed(self.seed + 1)
         noise = torch.randn(x.shape, generator=gen, device=device, dtype=x.dtype)
         x2 = torch.cat([x, x]) + scale * torch.cat([noise, noise])
-        _, raw2 = self._clean_forward(taps.repeat_batch(batch, 2, bsz), 2 * bsz, replace=x2)
+        _, raw2 = self._clean_forward(inputs.repeat_batch(batch, 2, bsz), 2 * bsz, replace=x2)
         states: dict[str, _LayerState] = {}
         for name in self.layer_names:
             out, out2 = raw[name], raw2[name]
@@ -340,7 +340,7 @@ class InfoFlowEstimator:
                 raise ValueError(
                     f"layer {name!r} returned non-finite values on the probe batch; check the model and inputs"
                 )
-            bdim, tdim = taps.find_batch_and_time_dims(out, out2, seq, self._modules[name])
+            bdim, tdim = hidden.find_batch_and_time_dims(out, out2, seq, self._modules[name])
             clean_again = out2.narrow(bdim, 0, bsz)
             noisy = out2.narrow(bdim, bsz, bsz)
             if torch.equal(noisy, clean_again):
@@ -376,18 +376,18 @@ class InfoFlowEstimator:
 
     @staticmethod
     def _inv_std(ls: _LayerState, mask: Tensor) -> Tensor:
-        """1/std per hidden unit over the probe (see :func:`taps.unit_inv_std`); pass ``reference=`` with
+        """1/std per hidden unit over the probe (see :func:`hidden.unit_inv_std`); pass ``reference=`` with
         more sentences for a proper variance when the probe is a single sentence and the state pooled."""
-        return taps.unit_inv_std(ls.state, mask, ls.aligned)
+        return hidden.unit_inv_std(ls.state, mask, ls.aligned)
 
     @staticmethod
     def _state_mask(target: _Target, ls: _LayerState, mask: Tensor) -> Tensor:
-        """``[B, T']`` weights of the time steps that form ``s`` for ``target`` (see :func:`taps.state_mask`);
+        """``[B, T']`` weights of the time steps that form ``s`` for ``target`` (see :func:`hidden.state_mask`);
         a sentence without a state for the target has an all-zero row and a NaN result row."""
-        return taps.state_mask(ls.state.shape[1], target.position, ls.aligned, mask)
+        return hidden.state_mask(ls.state.shape[1], target.position, ls.aligned, mask)
 
     def _clean_forward(
-        self, batch: taps.Batch, bsz: int, replace: Optional[Tensor] = None
+        self, batch: inputs.Batch, bsz: int, replace: Optional[Tensor] = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
         captured: dict[str, Tensor] = {}
         calls: dict[str, int] = {}
@@ -395,7 +395,7 @@ class InfoFlowEstimator:
         emb: list[Tensor] = []
 
         def emb_hook(_m: nn.Module, _i: Any, output: Any) -> Any:
-            out = taps.first_tensor(output)
+            out = hidden.first_tensor(output)
             if out.dim() != 3 or out.shape[0] != bsz:
                 raise ValueError(
                     f"the embedding module {self.embedding_name!r} returned shape {tuple(out.shape)}; "
@@ -405,14 +405,14 @@ class InfoFlowEstimator:
             # A leaf that requires grad: the forward takes the same (autograd) code path as the noisy
             # forwards of the optimisation, e.g. no nested-tensor fast path in nn.TransformerEncoder.
             new = (out if replace is None else replace.to(out.dtype)).detach().requires_grad_(True)
-            return taps.replace_first_tensor(output, new)
+            return hidden.replace_first_tensor(output, new)
 
         def layer_hook(name: str) -> Any:
             def hook(_m: nn.Module, _i: Any, output: Any) -> None:
                 calls[name] = calls.get(name, 0) + 1
                 if name not in captured:
                     order.append(name)
-                    captured[name] = taps.first_tensor(output).detach()
+                    captured[name] = hidden.first_tensor(output).detach()
             return hook
 
         with ExitStack() as stack:
@@ -424,7 +424,7 @@ class InfoFlowEstimator:
                 # Grad mode for the training code path, but nothing saved for a backward that never
                 # comes: without this the clean forwards of 2B sentences held every layer's activations.
                 with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_discard, _unreachable):
-                    taps.call_model(self.model, batch)
+                    inputs.call_model(self.model, batch)
             except ValueError:
                 raise
             except Exception as err:  # noqa: BLE001 - reported with the fix
@@ -471,7 +471,7 @@ class InfoFlowEstimator:
 
     def _optimise(
         self,
-        batch: taps.Batch,
+        batch: inputs.Batch,
         mask: Tensor,
         prep: dict,
         init: Optional[InfoFlowResult],
@@ -585,7 +585,7 @@ class _ChunkRunner:
     contiguous, so a chunk touches few targets and the forward stops after the deepest one it needs.
     """
 
-    def __init__(self, est: InfoFlowEstimator, batch: taps.Batch, prep: dict, bsz: int, m: int,
+    def __init__(self, est: InfoFlowEstimator, batch: inputs.Batch, prep: dict, bsz: int, m: int,
                  device: torch.device) -> None:
         self.est = est
         self.batch = batch
@@ -597,7 +597,7 @@ class _ChunkRunner:
         self.state_masks: list[Tensor] = prep["state_masks"]
         self.order: dict[str, int] = prep["order"]
         self.device = device
-        self._batches: dict[tuple[int, int], taps.Batch] = {}
+        self._batches: dict[tuple[int, int], inputs.Batch] = {}
         shapes = [s.state.shape[1:] for s in self.states.values()]
         self.max_state_shape = (max(s[0] for s in shapes), max(s[1] for s in shapes))
 
@@ -616,13 +616,13 @@ class _ChunkRunner:
         copies_of_batch = self._chunk_batch(a, b)
 
         def emb_hook(_m: nn.Module, _i: Any, output: Any) -> Any:
-            out = taps.first_tensor(output)
-            return taps.replace_first_tensor(output, x_rows.to(out.dtype))
+            out = hidden.first_tensor(output)
+            return hidden.replace_first_tensor(output, x_rows.to(out.dtype))
 
         def layer_hook(name: str) -> Any:
             def hook(_m: nn.Module, _i: Any, output: Any) -> None:
                 ls = self.states[name]
-                out = _layout(taps.first_tensor(output), ls.batch_dim, ls.time_dim).float()
+                out = _layout(hidden.first_tensor(output), ls.batch_dim, ls.time_dim).float()
                 for g, lo, hi in plan[name]:
                     score(g, lo, hi, out[lo:hi], ls)
                 if name == deepest:
@@ -635,15 +635,15 @@ class _ChunkRunner:
             for h in handles:
                 stack.callback(h.remove)
             try:
-                taps.call_model(self.est.model, copies_of_batch)
+                inputs.call_model(self.est.model, copies_of_batch)
             except _StopForward:
                 pass
 
-    def _chunk_batch(self, a: int, b: int) -> taps.Batch:
+    def _chunk_batch(self, a: int, b: int) -> inputs.Batch:
         """The model inputs of copies ``a:b`` (copy ``c`` holds sentence ``c % B``), built once per chunk."""
         if (a, b) not in self._batches:
             idx = torch.arange(a, b, device=self.device) % self.bsz
-            self._batches[(a, b)] = taps.map_batch(self.batch, lambda t: t.index_select(0, idx.to(t.device)),
+            self._batches[(a, b)] = inputs.map_batch(self.batch, lambda t: t.index_select(0, idx.to(t.device)),
                                                    self.bsz)
         return self._batches[(a, b)]
 

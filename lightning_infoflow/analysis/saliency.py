@@ -48,7 +48,7 @@ from typing import Any, Callable, Literal, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from lightning_infoflow import taps
+from lightning_infoflow.core import guard, hidden, inputs, resolve
 
 Method = Literal["gradient", "integrated_gradients", "perturbation", "lrp"]
 METHODS: tuple[str, ...] = ("gradient", "integrated_gradients", "perturbation", "lrp")
@@ -91,20 +91,20 @@ class SaliencyResult:
 # ---------------------------------------------------------------------------------------------- context
 
 
-_StopForward = taps.StopForward
+_StopForward = hidden.StopForward
 
 
-model_as_found = taps.model_untouched  # one definition of 'leave the model as found'
+model_as_found = guard.model_untouched  # one definition of 'leave the model as found'
 
 
-_device_of = taps.device_of
+_device_of = guard.device_of
 
 
-def _batch_mask(batch: taps.Batch, pad_token_id: Optional[int]) -> Tensor:
-    return taps.word_mask(batch, pad_token_id)
+def _batch_mask(batch: inputs.Batch, pad_token_id: Optional[int]) -> Tensor:
+    return inputs.word_mask(batch, pad_token_id)
 
 
-_to = taps.to_device
+_to = inputs.to_device
 
 
 # ---------------------------------------------------------------------------------------------- probe
@@ -137,20 +137,20 @@ class LayerProbe:
         position: which time steps form the state, as for the estimator.
     """
 
-    def __init__(self, model: nn.Module, batch: taps.Batch, mask: Tensor, layers: Sequence[str],
+    def __init__(self, model: nn.Module, batch: inputs.Batch, mask: Tensor, layers: Sequence[str],
                  embedding_module: nn.Module, position: Position = "all") -> None:
         self.model = model
         self.batch = batch
         self.mask = mask
         self.bsz, self.seq = mask.shape
         self.embedding = embedding_module
-        self.modules = {n: taps.find_module(model, n, "layer") for n in layers}
+        self.modules = {n: resolve.find_module(model, n, "layer") for n in layers}
         self.x, single, self.order = self._forward_clean(batch, self.bsz)
-        _, double, _ = self._forward_clean(taps.repeat_batch(batch, 2, self.bsz), 2 * self.bsz)
+        _, double, _ = self._forward_clean(inputs.repeat_batch(batch, 2, self.bsz), 2 * self.bsz)
         self.layout: dict[str, tuple[int, Optional[int], bool]] = {}
         self.clean: dict[str, Tensor] = {}
         for n in layers:
-            bdim, tdim = taps.find_batch_and_time_dims(single[n], double[n], self.seq)
+            bdim, tdim = hidden.find_batch_and_time_dims(single[n], double[n], self.seq)
             state = self._lay_out(single[n], bdim, tdim).float()
             self.layout[n] = (bdim, tdim, tdim is not None and state.shape[1] == self.seq)
             self.clean[n] = state
@@ -161,15 +161,15 @@ class LayerProbe:
 
     @staticmethod
     def _lay_out(t: Tensor, bdim: int, tdim: Optional[int]) -> Tensor:
-        return taps.layout(t, bdim, tdim)
+        return hidden.layout(t, bdim, tdim)
 
-    def _forward_clean(self, batch: taps.Batch, bsz: int) -> tuple[Tensor, dict[str, Tensor], list[str]]:
+    def _forward_clean(self, batch: inputs.Batch, bsz: int) -> tuple[Tensor, dict[str, Tensor], list[str]]:
         emb: list[Tensor] = []
         out: dict[str, Tensor] = {}
         order: list[str] = []
 
         def emb_hook(_m: nn.Module, _i: Any, output: Any) -> None:
-            t = taps.first_tensor(output)
+            t = hidden.first_tensor(output)
             if t.dim() != 3 or t.shape[0] != bsz:
                 raise ValueError(f"the embedding module returned shape {tuple(t.shape)}; expected [B, T, K]")
             emb.append(t.detach())
@@ -178,7 +178,7 @@ class LayerProbe:
             def fn(_m: nn.Module, _i: Any, output: Any) -> None:
                 if name not in out:
                     order.append(name)
-                    out[name] = taps.first_tensor(output).detach()
+                    out[name] = hidden.first_tensor(output).detach()
             return fn
 
         with ExitStack() as stack, torch.no_grad():
@@ -186,7 +186,7 @@ class LayerProbe:
                 m.register_forward_hook(hook(n)) for n, m in self.modules.items()
             ]:
                 stack.callback(h.remove)
-            taps.call_model(self.model, batch)
+            inputs.call_model(self.model, batch)
         if not emb:
             raise ValueError("the embedding module was not called by the model's forward; pass embedding=...")
         missing = [n for n in self.modules if n not in out]
@@ -216,11 +216,11 @@ class LayerProbe:
     def _state_mask(self, row: _Row) -> Tensor:
         """``[B, T']``: 1 where the state has a time step that counts (padding and other steps are 0)."""
         _, _, aligned = self.layout[row.module_name]
-        return taps.state_mask(self.clean[row.module_name].shape[1], row.position, aligned, self.mask)
+        return hidden.state_mask(self.clean[row.module_name].shape[1], row.position, aligned, self.mask)
 
     def inv_std(self, module_name: str) -> Tensor:
         """1 / std of each hidden unit over the probe's real time steps (as in the estimator)."""
-        return taps.unit_inv_std(self.clean[module_name], self.mask, self.layout[module_name][2])
+        return hidden.unit_inv_std(self.clean[module_name], self.mask, self.layout[module_name][2])
 
     # ----------------------------------------------------------------- running
 
@@ -236,17 +236,17 @@ class LayerProbe:
         n = x.shape[0]
         if n % self.bsz:
             raise ValueError(f"{n} rows is not a multiple of the probe's {self.bsz} sentences")
-        batch = taps.repeat_batch(self.batch, n // self.bsz, self.bsz) if n != self.bsz else self.batch
+        batch = inputs.repeat_batch(self.batch, n // self.bsz, self.bsz) if n != self.bsz else self.batch
         got: dict[str, Tensor] = {}
 
         def emb_hook(_m: nn.Module, _i: Any, output: Any) -> Any:
-            return taps.replace_first_tensor(output, x.to(taps.first_tensor(output).dtype))
+            return hidden.replace_first_tensor(output, x.to(hidden.first_tensor(output).dtype))
 
         def hook(name: str) -> Any:
             def fn(_m: nn.Module, _i: Any, output: Any) -> None:
                 if name not in got:
                     bdim, tdim, _ = self.layout[name]
-                    got[name] = self._lay_out(taps.first_tensor(output), bdim, tdim).float()
+                    got[name] = self._lay_out(hidden.first_tensor(output), bdim, tdim).float()
                 if name == deepest:
                     raise _StopForward
             return fn
@@ -258,7 +258,7 @@ class LayerProbe:
             for h in handles:
                 stack.callback(h.remove)
             try:
-                taps.call_model(self.model, batch)
+                inputs.call_model(self.model, batch)
             except _StopForward:
                 pass
         return got
@@ -473,7 +473,7 @@ def _lrp(probe: LayerProbe, f: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
 
 def saliency(
     model: nn.Module,
-    batch: taps.Batch,
+    batch: inputs.Batch,
     layers: Union[str, Sequence[str]] = "auto",
     method: Method = "gradient",
     *,
@@ -556,8 +556,8 @@ def saliency(
     device = _device_of(model)
     mask = _batch_mask(batch, pad_token_id).to(device)
     batch = _to(batch, device)
-    emb_name, emb_module = taps.resolve_embedding(model, embedding)
-    layer_names = taps.resolve_layers(model, layers, emb_name)
+    emb_name, emb_module = resolve.resolve_embedding(model, embedding)
+    layer_names = resolve.resolve_layers(model, layers, emb_name)
     if emb_name in layer_names:
         raise ValueError(f"the embedding module {emb_name!r} cannot also be a watched layer")
     with model_as_found(model, device):

@@ -1,0 +1,113 @@
+"""Hidden states of watched modules: find the tensor in an output, locate batch and time axes, normalise."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+def first_tensor(output: Any) -> Tensor:
+    """The hidden state of a module's output: the tensor itself or the first tensor of a tuple."""
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
+        return output[0]
+    if hasattr(output, "last_hidden_state"):
+        return output.last_hidden_state
+    if isinstance(output, Mapping):
+        for value in output.values():
+            if isinstance(value, Tensor):
+                return value
+    raise TypeError(f"cannot find a tensor in a module output of type {type(output).__name__}")
+
+
+def replace_first_tensor(output: Any, new: Tensor) -> Any:
+    """Return ``output`` with its hidden state replaced by ``new`` (same container type)."""
+    if isinstance(output, Tensor):
+        return new
+    if isinstance(output, tuple):
+        return (new, *output[1:])
+    if isinstance(output, list):
+        return [new, *output[1:]]
+    raise TypeError(f"cannot replace the tensor of a module output of type {type(output).__name__}")
+
+
+def find_batch_and_time_dims(
+    single: Tensor, double: Tensor, seq_len: int, module: nn.Module | None = None
+) -> tuple[int, int | None]:
+    """Locate the batch and time dimensions of a hidden state.
+
+    ``single`` is the output for a batch of B sentences and ``double`` for 2B; the dimension that
+    doubled is the batch. The time dimension is the other one of length ``seq_len``, or None (e.g.
+    pooled states). When several dimensions have that length, a ``Conv1d`` output ``[B, C, T]`` takes
+    the last one and any other module the one nearest to the batch dimension (``[B, T, H]``, ``[T, B, H]``).
+    """
+    if single.dim() != double.dim():
+        raise ValueError("a watched module returned outputs of different rank for different batch sizes")
+    changed = [d for d in range(single.dim()) if single.shape[d] != double.shape[d]]
+    if len(changed) != 1 or double.shape[changed[0]] != 2 * single.shape[changed[0]]:
+        raise ValueError(
+            f"cannot tell the batch dimension of a hidden state of shape {tuple(single.shape)}; "
+            "watch a module whose output has one batch dimension"
+        )
+    bdim = changed[0]
+    candidates = [d for d in range(single.dim()) if d != bdim and single.shape[d] == seq_len]
+    if not candidates:
+        return bdim, None
+    if isinstance(module, nn.Conv1d):
+        return bdim, candidates[-1]
+    tdim = min(candidates, key=lambda d: abs(d - bdim))
+    return bdim, tdim
+
+
+def layout(t: Tensor, batch_dim: int, time_dim: Any) -> Tensor:
+    """A hidden state with batch moved to dim 0 and time to dim 1, the rest flattened: ``[N, T', F]``."""
+    n = t.shape[batch_dim]
+    if time_dim is None:
+        return t.movedim(batch_dim, 0).reshape(n, 1, -1)
+    return t.movedim((batch_dim, time_dim), (0, 1)).reshape(n, t.shape[time_dim], -1)
+
+
+def unit_inv_std(state: Tensor, mask: Any, aligned: bool) -> Tensor:
+    """1/std of each hidden unit of ``state`` ``[B, T', F]`` over every real time step of every sentence.
+
+    Units whose variance is ~0 (dead units, LayerNorm weights near 0) get a floor of 1e-6 x the layer's
+    mean variance so that no unit divides by zero. A layer that is constant over the probe (one sentence
+    and a pooled state, or identical sentences) is normalised by its mean square (one scalar) instead.
+    ``mask`` ``[B, T]`` selects the real time steps where the time axis is the word axis (``aligned``).
+    """
+    flat = state[mask] if aligned else state.flatten(0, 1)
+    var = flat.var(dim=0, unbiased=False)
+    square = flat.pow(2).mean(0)
+    if float(var.mean()) <= 1e-6 * float(square.mean()):
+        var = square.mean().expand_as(var)
+    tiny = torch.finfo(torch.float32).tiny
+    return var.clamp_min(1e-6 * float(var.mean()) + tiny).rsqrt()
+
+
+def state_mask(length: int, position: Any, aligned: bool, mask: Tensor) -> Tensor:
+    """``[B, T']`` weights of the time steps that form the state ``s``, per sentence.
+
+    ``position`` None: every (real, where ``aligned``) time step; an int: that time step (negative counts
+    from each sentence's last real word when ``aligned``). A sentence whose selected time step is padding
+    gets an all-zero row: it has no state there.
+    """
+    bsz, device = mask.shape[0], mask.device
+    if position is None:
+        return mask.float() if aligned else torch.ones(bsz, length, device=device)
+    if aligned and position < 0:
+        idx = mask.sum(1) + position  # counted from each sentence's last real word (right padding)
+    else:
+        idx = torch.full((bsz,), position % length, device=device)
+    out = (torch.arange(length, device=device)[None, :] == idx[:, None]).float()
+    return out * mask.float() if aligned else out
+
+
+class StopForward(BaseException):
+    """Raised by the hook of the deepest watched layer: the rest of the model's forward is not needed.
+
+    A ``BaseException`` so that a model's own ``except Exception:`` blocks do not swallow it.
+    """
