@@ -8,9 +8,9 @@ import sys
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))  # `import models` from any rootdir / import mode
+sys.path.insert(0, os.path.dirname(__file__))  # `import lit_helpers` from any rootdir / import mode
 
-from models import PAD, pad_batch  # noqa: E402
+from lightning_infoflow.testing import PAD, pad_batch  # noqa: E402
 
 # The test models are tiny: one intra-op thread is as fast as two, and far faster when other processes
 # share the cores (spinning worker threads then fight over them).

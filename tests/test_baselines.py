@@ -14,7 +14,7 @@ from lightning_infoflow import InfoFlowEstimator
 from lightning_infoflow.analysis.saliency import METHODS, SaliencyResult, saliency
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from models import BiLSTMClassifier, TransformerClassifier, tiny_bert  # noqa: E402
+from lightning_infoflow.testing import BiLSTMClassifier, TransformerClassifier, tiny_bert  # noqa: E402
 
 DIM, SEQ, LAYERS = 12, 7, 4
 

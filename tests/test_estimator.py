@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import pytest
 import torch
-from models import (
+from lightning_infoflow.testing import (
     PAD,
     ZOO,
     BiLSTMClassifier,

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_infoflow import InfoFlowCallback, InfoFlowEstimator
 
-from models import tiny_bert
+from lightning_infoflow.testing import tiny_bert
 
 # Median relative difference of sigma between float32 and bf16 autocast: measured at most 1e-4 on tiny BERTs
 # (2x32 and 4x64, steps 0 and 20; seed-to-seed optimiser noise is 0.01-0.07). The tests allow 1e-2.
@@ -117,7 +117,7 @@ def test_callback_in_bf16_mixed_training(tmp_path: Any, precision: str, monkeypa
     def recording(self: InfoFlowEstimator, batch: Any, **kw: Any) -> Any:
         result = estimate(self, batch, **kw)
         calls.append({"autocast": torch.is_autocast_enabled("cpu"), "init": kw.get("init"), "batch": batch,
-                      "steps": self.steps, "result": result})
+                      "steps": kw.get("steps", self.steps), "result": result})
         return result
 
     monkeypatch.setattr(InfoFlowEstimator, "estimate", recording)

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 import torch
-from models import (
+from lightning_infoflow.testing import (
     ZOO,
     GRUStack,
     KimCNN,

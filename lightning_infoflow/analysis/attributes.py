@@ -224,7 +224,7 @@ def _embedding_matrix(source: Any) -> tuple[Tensor, Optional[int]]:
     from lightning_infoflow.core.estimator import InfoFlowEstimator
 
     if isinstance(source, InfoFlowEstimator):
-        module = source._embedding
+        module = source.embedding_module
         if not isinstance(module, nn.Embedding):
             raise ValueError(
                 f"the estimator's embedding module {source.embedding_name!r} is a {type(module).__name__}, not an "
@@ -325,17 +325,17 @@ def _state_log_p(est: "InfoFlowEstimator", result: InfoFlowResult, batch: inputs
     mask = result.mask.to(device)
     bsz = mask.shape[0]
     with model_as_found(model, device), torch.no_grad():
-        probe = LayerProbe(model, full, mask, est.layer_names, est._embedding, est.position)
+        probe = LayerProbe(model, full, mask, est.layer_names, est.embedding_module, est.position)
         if [r.name for r in probe.rows] != list(result.layer_names):
             raise ValueError(f"the estimator's rows {[r.name for r in probe.rows]} differ from the result's "
                              f"{result.layer_names}; pass the estimator and batch that produced the result")
         if reference is not None:
             ref_mask = est._validate_batch(reference).to(device)
             probe = LayerProbe(model, inputs.to_device(reference, device), ref_mask, est.layer_names,
-                               est._embedding, est.position)
+                               est.embedding_module, est.position)
         inv_std = {n: probe.inv_std(n) for n in probe.modules}
         one = inputs.map_batch(full, lambda t: t[sentence:sentence + 1], bsz)
-        single = LayerProbe(model, one, mask[sentence:sentence + 1], est.layer_names, est._embedding, est.position)
+        single = LayerProbe(model, one, mask[sentence:sentence + 1], est.layer_names, est.embedding_module, est.position)
         out = torch.zeros(len(single.rows), candidates.shape[0], dtype=torch.float64)
         for a in range(0, candidates.shape[0], chunk):
             cand = candidates[a:a + chunk].to(device=device, dtype=single.x.dtype)

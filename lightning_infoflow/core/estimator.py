@@ -217,6 +217,11 @@ class InfoFlowEstimator:
         self.sigma_max = float(sigma_max) if sigma_max is not None else self._default_sigma_max()
         self.embedding_dim: Optional[int] = None  # K, known after the first check() or estimate()
 
+    @property
+    def embedding_module(self) -> nn.Module:
+        """The module whose output is the word embeddings that the noise perturbs."""
+        return self._embedding
+
     @staticmethod
     def _check_position(position: Any) -> None:
         if position in ("all", "each") or isinstance(position, int):
@@ -240,6 +245,7 @@ class InfoFlowEstimator:
         self,
         batch: inputs.Batch,
         *,
+        steps: Optional[int] = None,
         init: Optional[InfoFlowResult] = None,
         reference: Optional[inputs.Batch] = None,
         tokens: Optional[list[list[str]]] = None,
@@ -250,6 +256,7 @@ class InfoFlowEstimator:
         Args:
             batch: what ``model.forward`` takes: a LongTensor ``[B, T]`` of token ids or a dict with
                 ``input_ids`` (and ``attention_mask``; other entries are passed through).
+            steps: optimisation steps for this call; default: the estimator's ``steps``.
             init: a previous result for the same sentences and layers to start from (warm start).
             reference: a batch whose hidden states give the normalisation ``var_e``; default: ``batch``.
             tokens: word strings per sentence, stored in the result for labels.
@@ -262,12 +269,16 @@ class InfoFlowEstimator:
             ValueError: an empty batch, an all-padding sentence, non-integer ids, a layer whose output
                 does not depend on the input or is not finite; raised before any optimisation.
         """
+        if steps is None:
+            steps = self.steps
+        elif not (isinstance(steps, int) and steps >= 0):
+            raise ValueError(f"`steps` must be a non-negative int (0: closed-form start only), got {steps!r}")
         device = self._device()
         mask = self._validate_batch(batch).to(device)
         batch = self._to(batch, device)
         with guard.model_untouched(self.model, device):
             prep = self._prepare(batch, mask, reference, device)
-            return self._optimise(batch, mask, prep, init, tokens, device, on_step)
+            return self._optimise(batch, mask, prep, init, tokens, device, on_step, steps)
 
     @torch.no_grad()
     def check(self, batch: inputs.Batch) -> list[str]:
@@ -478,6 +489,7 @@ class InfoFlowEstimator:
         tokens: Optional[list[list[str]]],
         device: torch.device,
         on_step: Optional[Callable[[int, int], None]] = None,
+        steps: int = 0,
     ) -> InfoFlowResult:
         x: Tensor = prep["x"]
         targets: list[_Target] = prep["targets"]
@@ -526,7 +538,7 @@ class InfoFlowEstimator:
         prior_grad = -words.float()
         last_check = log_sigma.detach().clone()
         steps_run = 0
-        for step in range(self.steps):
+        for step in range(steps):
             grad = prior_grad.clone()
             recon = torch.zeros(n_targets, device=device)
             z_all = torch.randn((copies, seq, dim), generator=gen, device=device)
@@ -544,8 +556,8 @@ class InfoFlowEstimator:
             log_sigma.clamp_(max=log_max)
             steps_run = step + 1
             if on_step is not None:
-                on_step(steps_run, self.steps)
-            if steps_run % self.check_every == 0 and steps_run < self.steps:
+                on_step(steps_run, steps)
+            if steps_run % self.check_every == 0 and steps_run < steps:
                 moved = float((log_sigma - last_check).abs().max())  # the loop's only synchronisation
                 if moved < self.tol:
                     break

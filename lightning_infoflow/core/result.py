@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from lightning_infoflow.core import measures
+from lightning_infoflow.core.files import atomic_write
 
 _FORMAT = "lightning_infoflow.core.result/v1"
 
@@ -143,8 +144,9 @@ class InfoFlowResult:
 
     def save(self, path: Union[str, "os.PathLike[str]"]) -> None:
         """Write the result with ``torch.save`` as a plain dict; read it back with :meth:`load` or with
-        ``torch.load(path, weights_only=True)`` without this package."""
-        torch.save(self.to_dict(), path)
+        ``torch.load(path, weights_only=True)`` without this package. The write is atomic: a failure
+        leaves no partial file (:func:`~lightning_infoflow.core.files.atomic_write`)."""
+        atomic_write(path, lambda f: torch.save(self.to_dict(), f))
 
     @classmethod
     def load(cls, path: Union[str, "os.PathLike[str]"]) -> InfoFlowResult:

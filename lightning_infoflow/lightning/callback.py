@@ -381,15 +381,15 @@ class InfoFlowCallback(Callback):
         assert self._estimator is not None and self._probe is not None
         started = time.perf_counter()
         warm = self._previous is not None
-        self._estimator.steps = self.warm_steps if warm else self.steps
+        steps = self.warm_steps if warm else self.steps
         try:
             context = trainer.precision_plugin.forward_context() if self.precision == "training" else nullcontext()
             with context, _Progress(self.progress and trainer.is_global_zero, f"infoflow step {step}",
-                                    self._estimator.steps) as bar:
+                                    steps) as bar:
                 if split:
-                    result = self._estimate_split(trainer, pl_module, bar.update)
+                    result = self._estimate_split(trainer, pl_module, steps, bar.update)
                 else:
-                    result = self._estimator.estimate(self._probe.batch, init=self._previous,
+                    result = self._estimator.estimate(self._probe.batch, steps=steps, init=self._previous,
                                                       tokens=self._probe.tokens, on_step=bar.update)
         except Exception as err:  # noqa: BLE001 - training must go on
             self.failures += 1
@@ -439,7 +439,7 @@ class InfoFlowCallback(Callback):
         if finding is not None:
             rank_zero_warn(f"InfoFlowCallback: {finding}")
 
-    def _estimate_split(self, trainer: Trainer, pl_module: LightningModule,
+    def _estimate_split(self, trainer: Trainer, pl_module: LightningModule, steps: int,
                         on_step: Callable[[int, int], None]) -> InfoFlowResult:
         """Each rank estimates its share of the probe; the shares are gathered on every rank."""
         assert self._estimator is not None and self._probe is not None
@@ -456,7 +456,7 @@ class InfoFlowCallback(Callback):
         if len(mine):
             try:
                 part = self._estimator.estimate(
-                    probe.select(mine), init=self._previous.select(mine) if self._previous is not None else None,
+                    probe.select(mine), steps=steps, init=self._previous.select(mine) if self._previous is not None else None,
                     reference=probe.batch, tokens=[probe.tokens[i] for i in mine.tolist()], on_step=on_step,
                 )
                 sigma[:, : len(mine)] = part.sigma

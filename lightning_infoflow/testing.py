@@ -1,4 +1,4 @@
-"""A zoo of tiny NLP models for the tests and examples: built from configs, no downloads, fast on CPU.
+"""Tiny NLP models for tests and quick experiments: built from configs, no downloads, fast on CPU.
 
 Every model takes token ids ``[B, T]`` (or, for :func:`tiny_bert`, ``input_ids`` and
 ``attention_mask`` keyword arguments) exactly as it would in training. Sizes are chosen so that no
