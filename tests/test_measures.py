@@ -91,7 +91,7 @@ def test_result_save_load_without_the_package(tmp_path: Path) -> None:
     res = _result()
     res.save(tmp_path / "r.pt")
     raw = torch.load(tmp_path / "r.pt", weights_only=True)  # a plain dict of tensors and primitives
-    assert raw["format"] == "lightning_infoflow.core.result/v1" and raw["layer_names"] == ["a", "b"]
+    assert raw["format"] == "lightning_infoflow.result/v1" and raw["layer_names"] == ["a", "b"]
     torch.testing.assert_close(raw["information"], res.information, equal_nan=True)
     back = InfoFlowResult.load(tmp_path / "r.pt")
     torch.testing.assert_close(back.sigma, res.sigma, equal_nan=True)

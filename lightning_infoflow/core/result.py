@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any, Optional, Union
 
 import torch
@@ -12,7 +13,7 @@ from torch import Tensor
 from lightning_infoflow.core import measures
 from lightning_infoflow.core.files import atomic_write
 
-_FORMAT = "lightning_infoflow.core.result/v1"
+_FORMAT = "lightning_infoflow.result/v1"
 
 
 @dataclass
@@ -94,7 +95,20 @@ class InfoFlowResult:
         """Effective number of words each layer keeps, averaged over sentences (that have a state), ``[L]``."""
         return torch.nanmean(measures.effective_words(self.information), dim=-1)
 
-    def select(self, sentences: Tensor) -> InfoFlowResult:
+    def words(self, sentence: int) -> list[str]:
+        """The real (non-padded) words of one probe sentence: its tokens, or their positions as text.
+
+        >>> r = InfoFlowResult(["l0"], torch.ones(1, 1, 3), torch.tensor([[True, True, False]]), 10.0, 4,
+        ...                    tokens=[["a", "b", "[PAD]"]])
+        >>> r.words(0), r.select([0]).words(0)
+        (['a', 'b'], ['a', 'b'])
+        """
+        n = int(self.mask[sentence].sum())
+        if self.tokens and sentence < len(self.tokens):
+            return list(self.tokens[sentence][:n])
+        return [str(i) for i in range(n)]
+
+    def select(self, sentences: Union[Tensor, Sequence[int]]) -> InfoFlowResult:
         """The result for a subset of the probe sentences (indices into the sentence dimension)."""
         idx = torch.as_tensor(sentences, dtype=torch.long)
         return InfoFlowResult(
