@@ -8,117 +8,61 @@
     infoflow analyze --hf-model FOLDER --probe probe.txt --out DIR
 
 A RUN_DIR is the log dir of a logger the callback wrote to (``TensorBoardLogger.log_dir``,
-``CSVLogger.log_dir``); ``compare`` also takes a parent folder and uses every run below it.
+``CSVLogger.log_dir``); ``compare`` also takes a parent folder and uses every run below it. Each callback
+writes into its own namespace, ``RUN_DIR/<name>/results`` (``infoflow`` by default): ``report`` writes
+one report per namespace. A run resumed into a new logger version is one run (same ``run_id``); when a
+step has several result files the newest wins (the latest logger version, then the newest file), see
+:mod:`lightning_infoflow.reporting.runs`. This module is the command surface only; the work is done in
+:mod:`lightning_infoflow.reporting`.
 """
 
 from __future__ import annotations
 
+import glob
 import importlib
-import math
 import os
 import sys
-import textwrap
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any, Callable, Optional
+import uuid
+from typing import Any
 
 import click
-from rich.console import Console, Group
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
-from rich.text import Text
 
 from lightning_infoflow.analysis import guidance
-from lightning_infoflow.analysis.guidance import Finding
-from lightning_infoflow.reporting.runs import (
-    RunError,
+from lightning_infoflow.reporting.console import (
+    console,
+    print_findings,
+    progress_bars,
+    render,
+)
+from lightning_infoflow.reporting.findings import (
     compare_findings,
-    compare_tables,
-    find_runs,
-    layer_table,
-    load_run,
-    match_probes,
-    parse_steps,
-    peak_index,
     pick_score,
     run_findings,
-    run_names,
-    write_comparison,
-    write_run_report,
 )
+from lightning_infoflow.reporting.html import write_comparison, write_run_report
+from lightning_infoflow.reporting.matching import match_probes
+from lightning_infoflow.reporting.runs import (
+    DEFAULT_NAMESPACE,
+    RESULTS,
+    Progress,
+    Run,
+    RunError,
+    RunSource,
+    find_one_run,
+    find_runs,
+    load_run,
+    parse_steps,
+    run_names,
+)
+from lightning_infoflow.reporting.tables import Table, cell, compare_tables, layer_table
+
+WHICH_FILE_WINS = ("A run resumed into a new logger version (same run_id) is reported as one run; when a step has "
+                   "several result files, the newest wins: the latest logger version (version_N by N), then the "
+                   "newest file.")
 
 
-def _out() -> Console:
-    return Console(highlight=False, soft_wrap=False)
-
-
-@contextmanager
-def _progress(enabled: bool = True) -> Iterator[Callable[[str, int], Callable[[], None]]]:
-    """A rich progress display on stderr; yields ``task(description, total) -> advance``."""
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=Console(stderr=True), transient=True, disable=not enabled)
-    with progress:
-        def task(description: str, total: int) -> Callable[[], None]:
-            task_id = progress.add_task(description, total=total)
-            return lambda: progress.advance(task_id)
-
-        yield task
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return "—" if math.isnan(value) else f"{value:.4g}"
-    return "—" if value is None else str(value)
-
-
-def _table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Group:
-    """A titled table; the title is a line of its own (a table title would wrap at the table's width)."""
-    table = Table(show_lines=False)
-    for i, h in enumerate(header):
-        numeric = any(isinstance(row[i], (int, float)) and not isinstance(row[i], bool)
-                      or isinstance(row[i], str) and row[i][:2].lstrip("+-")[:1].isdigit() for row in rows)
-        table.add_column(str(h), justify="right" if numeric and i > 0 else "left", overflow="fold")
-    for row in rows:
-        table.add_row(*[_fmt(c) for c in row])
-    return Group(Text(title, style="bold"), table)
-
-
-def _print_findings(console: Console, findings: Sequence[Finding]) -> None:
-    warnings = [f for f in findings if f.severity == "warning"]
-    infos = [f for f in findings if f.severity != "warning"]
-    console.print(f"[bold]Guidance[/bold]: {len(warnings)} warning(s)")
-    if not warnings:
-        console.print("  no rule triggered a warning")
-    for f in warnings:
-        where = " · ".join(x for x in (f.run, f.layer) if x)
-        width = max(40, console.width - 1)
-        head = f"! {f.rule}" + (f" ({where}): " if where else ": ") + f.message
-        text = Text(textwrap.fill(head, width, initial_indent="  ", subsequent_indent="    ", break_on_hyphens=False))
-        text.stylize("yellow", 2, 4 + len(f.rule))
-        console.print(text)
-        for label, value in (("threshold", f.threshold), ("try", f.suggestion)):
-            console.print(textwrap.fill(f"{label}: {value}", width, initial_indent="      ", subsequent_indent="        ",
-                                        break_on_hyphens=False),
-                          markup=False)
-    if infos:
-        rows = [[f.run or "", f.layer or "", int(f.measured["peak_step"]), f.measured["peak_information"],
-                 f"{100 * f.measured['rise']:+.1f}%", f"{-100 * f.measured['fall']:+.1f}%", _phase(f)]
-                for f in infos if f.rule == "information_phases"]
-        header = ["run", "layer", "peak step", "peak info", "rise to peak", "peak to last", "phases"]
-        if not any(r[0] for r in rows):
-            rows, header = [r[1:] for r in rows], header[1:]
-        console.print(_table(f"Information peaks (Fig. 9; a phase is a change of at least "
-                             f"{100 * guidance.PHASE_CHANGE:g}% of the peak)", header, rows))
-
-
-def _phase(f: Finding) -> str:
-    rise, fall = f.measured["rise"] >= guidance.PHASE_CHANGE, f.measured["fall"] >= guidance.PHASE_CHANGE
-    return {(True, True): "expansion, compression", (True, False): "expansion", (False, True): "compression",
-            (False, False): "stable"}[(rise, fall)]
-
-
-def _stop_words(path: Optional[str]) -> frozenset[str]:
+def _stop_words(path: str | None) -> frozenset[str]:
     if path is None:
         return guidance.STOP_WORDS
     with open(path, encoding="utf-8") as f:
@@ -137,10 +81,11 @@ def main() -> None:
 # --------------------------------------------------------------------------- report
 
 
-@main.command(short_help="One run's report: HTML, PNGs and findings.")
+@main.command(short_help="One run's report: HTML, PNGs and findings.", epilog=WHICH_FILE_WINS)
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Folder for report.html and the PNGs [default: RUN_DIR/infoflow/report].")
+              help="Folder for report.html and the PNGs (OUT/<name> per namespace when the run has several) "
+                   "[default: RUN_DIR/<name>/report].")
 @click.option("--steps", "steps_spec", default="first,peak,last", show_default=True,
               help="Analyses to draw heatmaps for: first, last, peak, all or step numbers, comma-separated.")
 @click.option("--stop-words", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -148,43 +93,64 @@ def main() -> None:
 @click.option("--min-words", type=click.FloatRange(min=0), default=guidance.TOO_LITTLE_ABSOLUTE, show_default=True,
               help="Flag the run when its last layer keeps fewer effective words than this.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars (stderr).")
-def report(run_dir: str, out: Optional[str], steps_spec: str, stop_words: Optional[str], min_words: float,
+def report(run_dir: str, out: str | None, steps_spec: str, stop_words: str | None, min_words: float,
            progress: bool) -> None:
     """One run's report: information per layer against step, heatmaps of every probe sentence, effective
-    words and the findings. Writes a self-contained HTML file and PNGs, and prints a summary."""
-    console = _out()
-    with _progress(progress) as task:
-        try:
-            run = load_run(run_dir, progress=task)
-        except RunError as err:
-            raise click.ClickException(str(err)) from None
-        try:
-            chosen = parse_steps(steps_spec, run.steps, peak=peak_index(run))
-        except ValueError as err:
-            raise click.BadParameter(str(err), param_hint="--steps") from None
-        findings = run_findings(run, _stop_words(stop_words), absolute=min_words)
-        out_dir = out or os.path.join(run.path, "infoflow", "report")
-        path = write_run_report(run, out_dir, findings, chosen, progress=task)
-    last = run.last
-    console.print(f"[bold]infoflow report[/bold] {run.name}: {len(run.results)} analyses at steps {run.steps}, "
-                  f"{last.sigma.shape[1]} probe sentences")
+    words and the findings. Writes a self-contained HTML file and PNGs, and prints a summary. A run with
+    several namespaces (several callbacks) gets one report per namespace."""
+    try:
+        sources = find_one_run(run_dir)
+    except RunError as err:
+        raise click.ClickException(str(err)) from None
+    words = _stop_words(stop_words)
+    for source in sources:
+        folder = out if out is None or len(sources) == 1 else os.path.join(out, source.namespace)
+        with progress_bars(progress) as task:
+            run, path, findings = _report_one(source, folder, steps_spec, words, min_words, task)
+        _print_report(run, path, findings, namespaces=len(sources) > 1)
+
+
+def _report_one(source: RunSource, out: str | None, steps_spec: str, stop_words: frozenset[str],
+                min_words: float, task: Progress) -> tuple[Run, str, list[guidance.Finding]]:
+    try:
+        run = load_run(source, progress=task)
+    except RunError as err:
+        raise click.ClickException(str(err)) from None
+    try:
+        chosen = parse_steps(steps_spec, run.steps, peak=run.peak_index())
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--steps") from None
+    findings = run_findings(run, stop_words, absolute=min_words)
+    out_dir = out or os.path.join(run.path, source.namespace, "report")
+    return run, write_run_report(run, out_dir, findings, chosen, progress=task), findings
+
+
+def _print_report(run: Run, path: str, findings: list[guidance.Finding], namespaces: bool) -> None:
+    out = console()
+    where = f" (namespace {run.source.namespace})" if namespaces else ""
+    out.print(f"[bold]infoflow report[/bold] {run.name}{where}: {len(run.results)} analyses at steps {run.steps}, "
+              f"{run.last.sigma.shape[1]} probe sentences")
     for note in run.skipped:
-        console.print(f"  skipped {note}")
+        out.print(f"  skipped {note}", markup=False)
+    if run.superseded:
+        out.print(f"  {len(run.superseded)} result file(s) superseded by newer files of the same step: "
+                  + ", ".join(run.superseded), markup=False)
     if run.hparams:
-        console.print("Hyperparameters: " + ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(run.hparams.items())))
+        out.print("Hyperparameters: " + ", ".join(f"{k}={cell(v)}" for k, v in sorted(run.hparams.items())))
     metrics = run.final_metrics()
     if metrics:
-        console.print("Final validation: " + ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(metrics.items())))
-    console.print(_table(f"Layers at step {run.steps[-1]}", *layer_table(run)))
-    _print_findings(console, findings)
+        out.print("Final validation: " + ", ".join(f"{k}={cell(v)}" for k, v in sorted(metrics.items())))
+    out.print(render(layer_table(run)))
+    print_findings(out, findings)
+    out_dir = os.path.dirname(path)
     pngs = sum(name.endswith(".png") for name in os.listdir(out_dir))
-    console.print(f"Report: {path}\nPNGs:   {out_dir} ({pngs} files)")
+    out.print(f"Report: {path}\nPNGs:   {out_dir} ({pngs} files)")
 
 
 # --------------------------------------------------------------------------- compare
 
 
-@main.command(short_help="Runs of a sweep side by side, with guidance.")
+@main.command(short_help="Runs of a sweep side by side, with guidance.", epilog=WHICH_FILE_WINS)
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), default="infoflow-compare", show_default=True,
               help="Folder for compare.html and the PNGs.")
@@ -195,37 +161,38 @@ def report(run_dir: str, out: Optional[str], steps_spec: str, stop_words: Option
 @click.option("--stop-words", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Stop-word list (words separated by white space) for the noisy-words rule.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars (stderr).")
-def compare(run_dirs: tuple[str, ...], out: str, metric: Optional[str], mode: Optional[str], too_little_ratio: float,
-            stop_words: Optional[str], progress: bool) -> None:
+def compare(run_dirs: tuple[str, ...], out: str, metric: str | None, mode: str | None, too_little_ratio: float,
+            stop_words: str | None, progress: bool) -> None:
     """Runs side by side: per-layer information, last-layer saliency on the same probe sentences,
-    hyperparameters, final validation metrics, then guidance. A folder holding several runs adds them all."""
-    console = _out()
+    hyperparameters, final validation metrics, then guidance. A folder holding several runs adds them all;
+    each namespace of a run counts as a run."""
     try:
-        paths = list(dict.fromkeys(p for d in run_dirs for p in find_runs(d)))
+        sources = list(dict.fromkeys(s for d in run_dirs for s in find_runs(d)))
     except RunError as err:
         raise click.ClickException(str(err)) from None
-    if len(paths) < 2:
-        raise click.UsageError(f"compare needs two runs or more; found one: {paths[0]}. Use `infoflow report` for one run.")
-    with _progress(progress) as task:
+    if len(sources) < 2:
+        raise click.UsageError(f"compare needs two runs or more; found one: {sources[0].label}. "
+                               "Use `infoflow report` for one run.")
+    with progress_bars(progress) as task:
         try:
-            runs = [load_run(p, name, progress=task) for p, name in zip(paths, run_names(paths))]
+            runs = [load_run(s, name, progress=task) for s, name in zip(sources, run_names([s.label for s in sources]))]
             matched = match_probes(runs)
             scores, score_name = pick_score(matched.runs, metric, mode)
         except RunError as err:
             raise click.ClickException(str(err)) from None
         findings = compare_findings(matched.runs, scores, score_name or "score", _stop_words(stop_words),
                                     relative=too_little_ratio)
-        path = write_comparison(matched.runs, out, findings, matched.notes, scores, progress=task)
-    console.print(f"[bold]infoflow compare[/bold]: {len(matched.runs)} runs, {matched.sentences} shared probe sentences")
+        path = write_comparison(matched.runs, out, findings, matched.notes, progress=task)
+    terminal = console()
+    terminal.print(f"[bold]infoflow compare[/bold]: {len(matched.runs)} runs, {matched.sentences} shared probe sentences")
     for note in matched.notes:
-        console.print(f"  [yellow]note[/yellow]: {note}")
-    tables = compare_tables(matched.runs, scores)
-    console.print(_table("Runs (hyperparameters that differ, final validation metrics, last layer)", *tables["runs"]))
-    console.print(_table("Information per layer at the last analysis (nats per word)", *tables["information"]))
+        terminal.print(f"  [yellow]note[/yellow]: {note}")
+    for table in compare_tables(matched.runs):
+        terminal.print(render(table))
     if scores:
-        console.print(f"Best run by {score_name}: {max(scores, key=scores.get)}")
-    _print_findings(console, findings)
-    console.print(f"Comparison: {path}")
+        terminal.print(f"Best run by {score_name}: {max(scores, key=lambda name: scores[name])}")
+    print_findings(terminal, findings)
+    terminal.print(f"Comparison: {path}")
 
 
 # --------------------------------------------------------------------------- analyze
@@ -247,20 +214,18 @@ def _import(spec: str, option: str) -> Any:
         raise click.BadParameter(f"module {module_name!r} has no {attr!r}", param_hint=option) from None
 
 
-def _load_tokenizer(spec: str) -> Any:
+def _tokenizer(spec: str) -> Any:
+    """A tokenizer folder as its path (:func:`~lightning_infoflow.core.probe.build_probe` loads it), or the
+    tokenizer a ``pkg.module:factory`` returns."""
     if os.path.isdir(spec):
-        try:
-            from transformers import AutoTokenizer
-        except ImportError:
-            raise click.UsageError("a tokenizer folder needs transformers: pip install 'lightning-infoflow[transformers]'") from None
-        return AutoTokenizer.from_pretrained(spec, local_files_only=True)
+        return spec
     factory = _import(spec, "--tokenizer")
     if not callable(factory):
         raise click.BadParameter(f"{spec!r} is not callable", param_hint="--tokenizer")
     return factory()
 
 
-def _load_lightning(spec: str, ckpt: str) -> tuple[Any, dict[str, Any], Optional[int]]:
+def _load_lightning(spec: str, ckpt: str) -> tuple[Any, dict[str, Any], int | None]:
     import torch
 
     cls = _import(spec, "--module")
@@ -293,6 +258,55 @@ def _load_hf(folder: str) -> tuple[Any, dict[str, Any]]:
     return model, {"model": folder, "architecture": type(model).__name__}
 
 
+def _existing_run(out: str) -> list[str]:
+    """Files of a run already in ``out``: result files of any namespace, and ``hparams.yaml``."""
+    held = sorted(glob.glob(os.path.join(glob.escape(out), "*", RESULTS, "step_*.pt")))
+    return held + [p for p in [os.path.join(out, "hparams.yaml")] if os.path.isfile(p)]
+
+
+def _folder_run_id(results_dir: str) -> str:
+    """The run_id of the newest result file in the folder, or a new one."""
+    for path in sorted(glob.glob(os.path.join(glob.escape(results_dir), "step_*.pt")), reverse=True):
+        try:
+            meta = torch_load(path).get("meta", {})
+        except Exception:  # noqa: BLE001, S112 - an unreadable file has no run_id to keep
+            continue
+        if isinstance(meta, dict) and meta.get("run_id") is not None:
+            return str(meta["run_id"])
+    return uuid.uuid4().hex
+
+
+def torch_load(path: str) -> Any:
+    """``torch.load`` of plain data on the CPU (torch is imported when a command needs it)."""
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _load_model(module_spec: str | None, ckpt: str | None, hf_model: str | None, submodule: str | None,
+                layers: tuple[str, ...]) -> tuple[Any, Any, dict[str, Any], int | None, str]:
+    """``(module to analyse, layer spec, hyperparameters, checkpoint step, source path)`` from the options."""
+    if (module_spec is None) == (hf_model is None):
+        raise click.UsageError("pass either --module pkg.mod:Class with --ckpt, or --hf-model FOLDER")
+    if module_spec is not None and ckpt is None:
+        raise click.UsageError("--module needs --ckpt (the checkpoint to load)")
+    if hf_model is not None:
+        (model, hparams), step, source = _load_hf(hf_model), None, hf_model
+    else:
+        assert module_spec is not None and ckpt is not None
+        model, hparams, step = _load_lightning(module_spec, ckpt)
+        source = ckpt
+    target = model
+    if submodule is not None:
+        target = getattr(model, submodule, None)
+        if target is None:
+            raise click.BadParameter(f"the model has no attribute {submodule!r}", param_hint="--submodule")
+    layer_spec: Any = list(layers) if layers else getattr(model, "infoflow_layers", None) or "auto"
+    if submodule is not None and not layers:
+        layer_spec = "auto"
+    return target, layer_spec, hparams, step, source
+
+
 @main.command(short_help="Analyse a checkpoint or a Hugging Face model folder.")
 @click.option("--module", "module_spec", default=None, help="LightningModule class as pkg.module:ClassName (with --ckpt).")
 @click.option("--ckpt", type=click.Path(exists=True, dir_okay=False), default=None, help="Lightning checkpoint file.")
@@ -304,7 +318,12 @@ def _load_hf(folder: str) -> tuple[Any, dict[str, Any]]:
               help="Hugging Face tokenizer folder, or pkg.module:factory called with no arguments "
                    "[default: the --hf-model folder].")
 @click.option("--out", type=click.Path(file_okay=False), required=True,
-              help="Run folder to write (OUT/infoflow/results/step_*.pt, OUT/hparams.yaml).")
+              help="New run folder to write (OUT/<name>/results/step_*.pt, OUT/hparams.yaml).")
+@click.option("--force", is_flag=True, default=False,
+              help="Write into an --out folder that already holds a run: replaces its hparams.yaml and the result "
+                   "file of the same step (files of other steps stay, under the folder's run_id).")
+@click.option("--name", "namespace", default=DEFAULT_NAMESPACE, show_default=True,
+              help="Namespace folder for the results, as the callback's name= argument.")
 @click.option("--layers", multiple=True, help="Layer name or glob (repeatable) [default: the model's "
                                               "infoflow_layers attribute, else auto].")
 @click.option("--embedding", default="auto", show_default=True, help="Word-embedding module name.")
@@ -318,65 +337,62 @@ def _load_hf(folder: str) -> tuple[Any, dict[str, Any]]:
               help="Training step to file the analysis under [default: the checkpoint's global_step, else 0].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar (stderr).")
-def analyze(module_spec: Optional[str], ckpt: Optional[str], hf_model: Optional[str], probe: str,
-            tokenizer: Optional[str], out: str, layers: tuple[str, ...], embedding: str, submodule: Optional[str],
-            steps: int, lam: float, samples: int, num_sentences: Optional[int], max_length: Optional[int],
-            step_override: Optional[int], seed: int, progress: bool) -> None:
+def analyze(module_spec: str | None, ckpt: str | None, hf_model: str | None, probe: str,
+            tokenizer: str | None, out: str, force: bool, namespace: str, layers: tuple[str, ...], embedding: str,
+            submodule: str | None, steps: int, lam: float, samples: int, num_sentences: int | None,
+            max_length: int | None, step_override: int | None, seed: int, progress: bool) -> None:
     """Run the estimator on a saved model (a Lightning checkpoint or a Hugging Face folder) and a probe
-    file, and write the same raw results as the callback, so `infoflow report OUT` works on it."""
-    from lightning.pytorch.core.saving import save_hparams_to_yaml
-
+    file, and write the same raw results as the callback, so `infoflow report OUT` works on it. Refuses an
+    --out folder that already holds a run, unless --force."""
     from lightning_infoflow.core.estimator import InfoFlowEstimator
     from lightning_infoflow.core.probe import build_probe, read_sentences
 
-    if (module_spec is None) == (hf_model is None):
-        raise click.UsageError("pass either --module pkg.mod:Class with --ckpt, or --hf-model FOLDER")
-    if module_spec is not None and ckpt is None:
-        raise click.UsageError("--module needs --ckpt (the checkpoint to load)")
-    console = _out()
-    if hf_model is not None:
-        model, hparams = _load_hf(hf_model)
-        step, source = None, hf_model
-        tokenizer = tokenizer or hf_model
-    else:
-        assert module_spec is not None and ckpt is not None
-        model, hparams, step = _load_lightning(module_spec, ckpt)
-        source = ckpt
+    if namespace in ("", ".", "..") or os.sep in namespace or "/" in namespace:
+        raise click.BadParameter(f"{namespace!r} is not a folder name", param_hint="--name")
+    held = _existing_run(out)
+    if held and not force:
+        raise click.UsageError(f"--out {out!r} already holds a run ({len(held)} file(s), e.g. {held[0]}); writing "
+                               "there would overwrite its result files and hparams.yaml. Pass a new --out folder, or "
+                               "add --force to overwrite on purpose.")
+    target, layer_spec, hparams, step, source = _load_model(module_spec, ckpt, hf_model, submodule, layers)
+    tokenizer = tokenizer or hf_model
     if tokenizer is None:
         raise click.UsageError("--tokenizer is needed to turn the probe sentences into token ids")
-    target = model
-    if submodule is not None:
-        target = getattr(model, submodule, None)
-        if target is None:
-            raise click.BadParameter(f"the model has no attribute {submodule!r}", param_hint="--submodule")
-    layer_spec: Any = list(layers) if layers else getattr(model, "infoflow_layers", None) or "auto"
-    if submodule is not None and not layers:
-        layer_spec = "auto"
     try:
-        sentences = read_sentences(probe)
-        built = build_probe(sentences, _load_tokenizer(tokenizer), num_sentences=num_sentences, max_length=max_length)
+        built = build_probe(read_sentences(probe), _tokenizer(tokenizer), num_sentences=num_sentences,
+                            max_length=max_length)
         estimator = InfoFlowEstimator(target, layer_spec, embedding, lam=lam, steps=steps, samples=samples, seed=seed)
         names = estimator.check(built.batch)
     except ValueError as err:
         raise click.ClickException(str(err)) from None
     step = step_override if step_override is not None else (step or 0)
     started = time.perf_counter()
-    with _progress(progress) as task:
+    with progress_bars(progress) as task:
         advance = task(f"estimating {len(names)} layers x {len(built)} sentences", max(steps, 1))
         result = estimator.estimate(built.batch, tokens=built.tokens, on_step=lambda s, total: advance())
     seconds = time.perf_counter() - started
-    result.meta.update(step=step, seconds=seconds, source=os.path.abspath(source), lam=lam, steps=steps, samples=samples)
-    results_dir = os.path.join(out, "infoflow", "results")
-    os.makedirs(results_dir, exist_ok=True)
-    path = os.path.join(results_dir, f"step_{step:08d}.pt")
-    result.save(path)
-    save_hparams_to_yaml(os.path.join(out, "hparams.yaml"), _plain(hparams))
-    console.print(f"[bold]infoflow analyze[/bold]: {len(built)} probe sentences, {len(names)} layers, "
-                  f"{seconds:.1f} s; step {step}")
+    results_dir = os.path.join(out, namespace, RESULTS)
+    result.meta.update(name=namespace, step=step, run_id=_folder_run_id(results_dir), seconds=seconds,
+                       source=os.path.abspath(source), lam=lam, steps=steps, samples=samples)
+    path = _write_run(result, results_dir, out, hparams)
+    terminal = console()
+    terminal.print(f"[bold]infoflow analyze[/bold]: {len(built)} probe sentences, {len(names)} layers, "
+                   f"{seconds:.1f} s; step {step}")
     rows = [[n, float(i), float(e)] for n, i, e in
             zip(result.layer_names, result.layer_information.tolist(), result.effective_words.tolist())]
-    console.print(_table("Layers", ["layer", "information (nats/word)", "effective words"], rows))
-    console.print(f"Result: {path}\nNext:   infoflow report {out}")
+    terminal.print(render(Table("Layers", ["layer", "information (nats/word)", "effective words"], rows)))
+    terminal.print(f"Result: {path}\nNext:   infoflow report {out}")
+
+
+def _write_run(result: Any, results_dir: str, out: str, hparams: dict[str, Any]) -> str:
+    """Save the result as ``step_%08d.pt`` and the hyperparameters as ``hparams.yaml``; return the result's path."""
+    from lightning.pytorch.core.saving import save_hparams_to_yaml
+
+    os.makedirs(results_dir, exist_ok=True)
+    path = os.path.join(results_dir, f"step_{int(result.meta['step']):08d}.pt")
+    result.save(path)
+    save_hparams_to_yaml(os.path.join(out, "hparams.yaml"), _plain(hparams))
+    return path
 
 
 def _plain(hparams: dict[str, Any]) -> dict[str, Any]:

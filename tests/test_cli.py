@@ -21,7 +21,9 @@ from lit_helpers import TinyClassifier, loaders, probe_ids
 
 from lightning_infoflow import InfoFlowCallback, InfoFlowResult
 from lightning_infoflow.cli import main
-from lightning_infoflow.reporting.runs import load_run, match_probes, read_scalars, subset
+from lightning_infoflow.reporting.logs import read_scalars
+from lightning_infoflow.reporting.matching import match_probes
+from lightning_infoflow.reporting.runs import load_run
 
 FAST = dict(steps=3, warm_steps=1, samples=1, progress=False, max_heatmaps=0, log_figures=False, max_overhead=None)
 
@@ -209,7 +211,7 @@ def test_compare_runs_whose_probes_differ(sweep, tmp_path):
 def test_match_probes_subsets_every_analysis(sweep):
     a = load_run(os.path.join(sweep, "wd0"), "a")
     b = load_run(os.path.join(sweep, "wd1e-3"), "b")
-    b.results = [subset(r, [1, 0]) for r in b.results]  # same sentences, other order
+    b.results = [r.select([1, 0]) for r in b.results]  # same sentences, other order
     matched = match_probes([a, b])
     assert matched.sentences == 2 and len(matched.notes) == 1
     kept = matched.runs[1]

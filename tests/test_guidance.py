@@ -12,11 +12,8 @@ import torch
 
 from lightning_infoflow import InfoFlowResult
 
-from lightning_infoflow.reporting import figures
-
 from lightning_infoflow.analysis import guidance
-
-from lightning_infoflow.reporting import runs as report
+from lightning_infoflow.reporting import figures, logs, runs, tables
 from lightning_infoflow.analysis.guidance import (
     Finding,
     collapse_finding,
@@ -204,7 +201,7 @@ def test_phases_compression_from_the_start_and_too_few_analyses():
     assert information_phases([0, 5], [[1.0], [2.0]]) == []
 
 
-@pytest.mark.parametrize("module", [guidance, report, figures], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [guidance, runs, logs, tables, figures], ids=lambda m: m.__name__)
 def test_docstring_examples_run(module: ModuleType) -> None:
     failed, attempted = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert attempted > 0, f"{module.__name__} has no docstring example"

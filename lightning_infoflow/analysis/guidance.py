@@ -75,7 +75,7 @@ themselves then there there's these they they'd they'll they're they've this tho
 until up very was wasn't we we'd we'll we're we've were weren't what what's when when's where where's which
 while who who's whom why why's with won't would wouldn't you you'd you'll you're you've your yours yourself
 yourselves 's 're 've 'll 'd n't 'm
-""".split())
+""".split())  # noqa: SIM905 - the list reads as text
 
 _SPECIAL = re.compile(r"^(\[[A-Za-z_]+\]|<[^<>\s]+>)$")
 _SUBWORD_MARKS = ("##", "\u0120", "\u2581")  # WordPiece, byte-level BPE (Ġ), SentencePiece (▁)
@@ -107,9 +107,9 @@ class Finding:
     measured: Mapping[str, float]
     threshold: str
     suggestion: str
-    run: Optional[str] = None
-    layer: Optional[str] = None
-    step: Optional[int] = None
+    run: str | None = None
+    layer: str | None = None
+    step: int | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -134,8 +134,8 @@ class Finding:
 
 def too_little_information(
     results: Mapping[str, InfoFlowResult],
-    hparams: Optional[Mapping[str, Mapping[str, Any]]] = None,
-    scores: Optional[Mapping[str, float]] = None,
+    hparams: Mapping[str, Mapping[str, Any]] | None = None,
+    scores: Mapping[str, float] | None = None,
     *,
     score_name: str = "score",
     relative: float = TOO_LITTLE_RELATIVE,
@@ -222,7 +222,7 @@ def is_regularisation(name: str) -> bool:
     return any(key in leaf for key in REGULARISATION_KEYS)
 
 
-def _lower_regularisation(mine: Mapping[str, Any], best: Optional[str], theirs: Mapping[str, Any]) -> str:
+def _lower_regularisation(mine: Mapping[str, Any], best: str | None, theirs: Mapping[str, Any]) -> str:
     differing = [k for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k)] if best else []
     regs = [k for k in differing if is_regularisation(k) and _number(mine.get(k)) is not None]
     higher = [k for k in regs if _number(theirs.get(k)) is None or _number(mine.get(k)) > _number(theirs.get(k))]  # type: ignore[operator]
@@ -233,18 +233,18 @@ def _lower_regularisation(mine: Mapping[str, Any], best: Optional[str], theirs: 
         shown = ", ".join(f"{k}={mine.get(k)!r} (run {best}: {theirs.get(k)!r})" for k in differing[:4])
         return (f"this run differs from run {best} in {shown}; move them towards the best run, and lower the "
                 "regularisation (weight decay, dropout) if these are not it")
-    regs = [(k, v) for k, v in sorted(mine.items()) if is_regularisation(k) and _number(v) is not None]
-    active = [f"{k}={v!r}" for k, v in regs if _number(v)]
+    own = [(k, v) for k, v in sorted(mine.items()) if is_regularisation(k) and _number(v) is not None]
+    active = [f"{k}={v!r}" for k, v in own if _number(v)]
     if active:
         return f"lower the regularisation ({', '.join(active)}): weight decay / L2 penalty first, then dropout"
-    if regs:
-        zeros = ", ".join(f"{k}={v!r}" for k, v in regs)
+    if own:
+        zeros = ", ".join(f"{k}={v!r}" for k, v in own)
         return (f"this run has no regularisation to lower ({zeros}); the layer keeps few words for another reason: "
                 "train longer, or give the model more capacity")
     return "lower the regularisation (weight decay / L2 penalty first, then dropout)"
 
 
-def _number(value: Any) -> Optional[float]:
+def _number(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
     try:
@@ -264,12 +264,12 @@ def collapse_finding(
     steps: Sequence[int],
     information: History,
     loss: Sequence[float],
-    layer_names: Optional[Sequence[str]] = None,
+    layer_names: Sequence[str] | None = None,
     *,
     drop: float = COLLAPSE_DROP,
     min_improvement: float = COLLAPSE_MIN_IMPROVEMENT,
-    run: Optional[str] = None,
-) -> Optional[Finding]:
+    run: str | None = None,
+) -> Finding | None:
     """Information collapse in the last interval of a history: the check a live callback calls.
 
     Looks only at the two most recent analyses, so that calling it after every analysis reports each
@@ -306,11 +306,11 @@ def collapse_findings(
     steps: Sequence[int],
     information: History,
     loss: Sequence[float],
-    layer_names: Optional[Sequence[str]] = None,
+    layer_names: Sequence[str] | None = None,
     *,
     drop: float = COLLAPSE_DROP,
     min_improvement: float = COLLAPSE_MIN_IMPROVEMENT,
-    run: Optional[str] = None,
+    run: str | None = None,
 ) -> list[Finding]:
     """Every information collapse of a whole history (offline): :func:`collapse_finding` on each interval."""
     info = torch.as_tensor(information, dtype=torch.float64)
@@ -323,8 +323,8 @@ def collapse_findings(
     return out
 
 
-def _collapse_at(steps: list[int], info: Tensor, loss: list[float], names: Optional[Sequence[str]], k: int,
-                 drop: float, min_improvement: float, run: Optional[str]) -> Optional[Finding]:
+def _collapse_at(steps: list[int], info: Tensor, loss: list[float], names: Sequence[str] | None, k: int,
+                 drop: float, min_improvement: float, run: str | None) -> Finding | None:
     before, after = info[k - 1], info[k]
     loss_before, loss_after = loss[k - 1], loss[k]
     if not (math.isfinite(loss_before) and math.isfinite(loss_after)):
@@ -416,8 +416,8 @@ def noisy_word_use(
     *,
     ratio: float = NOISY_RATIO,
     min_count: int = NOISY_MIN_COUNT,
-    layers: Union[Literal["last", "all"], Sequence[str]] = "last",
-    run: Optional[str] = None,
+    layers: Literal["last", "all"] | Sequence[str] = "last",
+    run: str | None = None,
 ) -> list[Finding]:
     """Layers that keep stop words as much as content words (one finding per flagged layer).
 
@@ -461,10 +461,10 @@ def noisy_word_use(
 def information_phases(
     steps: Sequence[int],
     information: History,
-    layer_names: Optional[Sequence[str]] = None,
+    layer_names: Sequence[str] | None = None,
     *,
     min_change: float = PHASE_CHANGE,
-    run: Optional[str] = None,
+    run: str | None = None,
 ) -> list[Finding]:
     """Per layer, the step where its information peaks, and the expansion/compression phases around it.
 

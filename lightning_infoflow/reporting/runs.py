@@ -1,91 +1,218 @@
-"""Offline reports: load the runs InfoFlowCallback wrote and turn them into self-contained HTML pages.
+"""Runs on disk: find the result files InfoFlowCallback (or ``infoflow analyze``) wrote, and load them.
 
-A *run* is a logger's log dir (``TensorBoardLogger.log_dir``, ``CSVLogger.log_dir``, ...) that holds
-``infoflow/results/step_XXXXXXXX.pt`` files; its hyperparameters come from the logger's ``hparams.yaml``
-and its other scalars (training loss, validation metrics) from ``metrics.csv`` or the TensorBoard event
-files. :func:`write_run_report` and :func:`write_comparison` draw the figures with
-:mod:`lightning_infoflow.reporting.figures`, embed them as base64 PNGs in one HTML file and save the PNGs beside it.
+Layout. A *log dir* is a logger's ``log_dir`` (``TensorBoardLogger.log_dir``, ``CSVLogger.log_dir``, ...).
+Each callback writes into its own *namespace* folder there, ``<log_dir>/<name>/results/step_%08d.pt``
+(``name`` defaults to ``"infoflow"``, the only folder older versions wrote), and each file's ``meta``
+holds ``name``, ``step`` and ``run_id``. A folder ``<dir>/<name>/results`` counts as a namespace when
+``name`` is ``infoflow`` or the folder holds ``step_*.pt`` files.
+
+One run, one report. A *run* (:class:`RunSource`) is one namespace of one training run: its results
+folders in every log dir that run wrote to. A run resumed into a new logger version
+(``version_0/infoflow/results`` then ``version_1/infoflow/results``) is one run when the files carry the
+same ``meta["run_id"]``; pointing at the newest version folder also finds the older sibling versions.
+Two namespaces in one log dir are two runs, reported separately.
+
+Which file wins. The callback's own result files are the source of truth for every information curve
+(the ``infoflow/*`` scalars the logger copied are not read). When a step has several files, the newest
+wins: the one in the latest logger version (``version_N`` by ``N``, then by folder name), and between
+equal versions the newest modification time; a newer file that cannot be read gives way to the next. A
+file that cannot be read, or whose tensors disagree in shape, is skipped with a note
+(:attr:`Run.skipped`). Scalars from ``metrics.csv`` and TensorBoard event files keep each step once by
+the same rule (:func:`~lightning_infoflow.reporting.logs.read_scalars`).
 """
 
 from __future__ import annotations
 
-import base64
-import csv
 import glob
-import html
-import io
-import json
 import math
 import os
 import re
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import torch
-import yaml
-from matplotlib.figure import Figure
 from torch import Tensor
 
-from lightning_infoflow.reporting import figures
-
-from lightning_infoflow.analysis import guidance
-from lightning_infoflow.analysis.guidance import Finding
 from lightning_infoflow.core.result import InfoFlowResult
+from lightning_infoflow.reporting.logs import read_hparams, read_scalars
 
-RESULTS_DIR = os.path.join("infoflow", "results")
+DEFAULT_NAMESPACE = "infoflow"
+RESULTS = "results"
 _STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
-_SCORE_HINTS = ("acc", "mcc", "f1", "auc", "auroc", "precision", "recall", "corr")
+_VERSION = re.compile(r"^version_(\d+)$")
 
 Progress = Callable[[str, int], Callable[[], None]]
 """``progress(description, total)`` returns ``advance()``; report code calls it around long loops."""
+
+
+def no_progress(_description: str, _total: int) -> Callable[[], None]:
+    """A :data:`Progress` that shows nothing."""
+    return lambda: None
 
 
 class RunError(Exception):
     """A directory that is not a run, or a run that cannot be reported (the message says why and what to do)."""
 
 
-def _no_progress(_description: str, _total: int) -> Callable[[], None]:
-    return lambda: None
+@dataclass(frozen=True)
+class RunSource:
+    """Where one run's result files lie: one namespace's ``results`` folders, oldest logger version first."""
+
+    namespace: str
+    results_dirs: tuple[str, ...]
+    run_id: str | None = None
+
+    @property
+    def log_dirs(self) -> tuple[str, ...]:
+        return tuple(os.path.dirname(os.path.dirname(d)) for d in self.results_dirs)
+
+    @property
+    def log_dir(self) -> str:
+        """The newest log dir (where a resumed run writes now)."""
+        return self.log_dirs[-1]
+
+    @property
+    def label(self) -> str:
+        """The log dir, with the namespace folder when it is not the default one."""
+        return self.log_dir if self.namespace == DEFAULT_NAMESPACE else os.path.join(self.log_dir, self.namespace)
 
 
-# --------------------------------------------------------------------------- loading runs
+def _version_key(log_dir: str) -> tuple[int, str]:
+    name = os.path.basename(os.path.normpath(log_dir))
+    match = _VERSION.match(name)
+    return (int(match.group(1)) if match else -1, name)
 
 
-def find_runs(path: str) -> list[str]:
-    """Log dirs at or under ``path`` that hold an ``infoflow/results`` folder, sorted.
+def _is_namespace(results_dir: str) -> bool:
+    if os.path.basename(os.path.dirname(results_dir)) == DEFAULT_NAMESPACE:
+        return True
+    return any(_STEP_FILE.match(f) for f in os.listdir(results_dir))
+
+
+def _results_dirs(pattern: str) -> list[str]:
+    return sorted(os.path.abspath(d) for d in glob.glob(pattern, recursive=True)
+                  if os.path.isdir(d) and _is_namespace(d))
+
+
+def _step_files(results_dir: str) -> dict[int, str]:
+    return {int(m.group(1)): os.path.join(results_dir, f) for f in os.listdir(results_dir) if (m := _STEP_FILE.match(f))}
+
+
+def _run_id(results_dir: str) -> str | None:
+    """``meta["run_id"]`` of the newest readable result file in the folder (None for older files)."""
+    for _step, path in sorted(_step_files(results_dir).items(), reverse=True):
+        try:
+            meta = torch.load(path, map_location="cpu", weights_only=True).get("meta", {})
+        except Exception:  # noqa: BLE001, S112 - an unreadable file says nothing about the run; try the next
+            continue
+        run_id = meta.get("run_id") if isinstance(meta, dict) else None
+        return None if run_id is None else str(run_id)
+    return None
+
+
+def find_runs(path: str) -> list[RunSource]:
+    """Every run at or under ``path`` (one per namespace; resumed logger versions merged by ``run_id``).
+
+    When ``path`` is itself a log dir, its sibling log dirs (other versions) join the runs whose
+    ``run_id`` they share.
 
     Raises:
         RunError: ``path`` is not a directory, or nothing under it was written by InfoFlowCallback.
     """
     if not os.path.isdir(path):
         raise RunError(f"{path!r} is not a directory; pass the log dir of a run (the logger's log_dir)")
-    if os.path.isdir(os.path.join(path, RESULTS_DIR)):
-        return [os.path.normpath(path)]
-    found = sorted(
-        os.path.normpath(os.path.dirname(os.path.dirname(d)))
-        for d in glob.glob(os.path.join(path, "**", RESULTS_DIR), recursive=True)
-        if os.path.isdir(d)
-    )
+    found = _results_dirs(os.path.join(glob.escape(path), "**", RESULTS))
     if not found:
         raise RunError(
-            f"{path!r} holds no InfoFlowCallback output (no {RESULTS_DIR}{os.sep} folder at or below it). "
-            "Pass the log dir of a run trained with InfoFlowCallback(save_results=True), or write one with "
-            "`infoflow analyze`."
+            f"{path!r} holds no InfoFlowCallback output (no {os.path.join(DEFAULT_NAMESPACE, RESULTS)}{os.sep} "
+            "folder at or below it). Pass the log dir of a run trained with InfoFlowCallback(save_results=True), "
+            "or write one with `infoflow analyze`."
         )
-    return found
+    sources = _group(found)
+    here = os.path.abspath(path)
+    if any(d == here for s in sources for d in s.log_dirs):  # a log dir: add other versions of its runs
+        wanted = {(s.namespace, s.run_id) for s in sources if s.run_id is not None}
+        siblings = _results_dirs(os.path.join(glob.escape(os.path.dirname(here)), "*", "*", RESULTS))
+        extra = [d for d in siblings if d not in found and (os.path.basename(os.path.dirname(d)), _run_id(d)) in wanted]
+        if extra:
+            sources = _group([*found, *extra])
+    return sources
+
+
+def _group(results_dirs: Sequence[str]) -> list[RunSource]:
+    """One source per (namespace, run_id); folders of files without a run_id are runs of their own."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    ids: dict[tuple[str, str], str | None] = {}
+    for d in sorted(results_dirs, key=lambda d: (_version_key(os.path.dirname(os.path.dirname(d))), d)):
+        namespace, run_id = os.path.basename(os.path.dirname(d)), _run_id(d)
+        key = (namespace, f"id:{run_id}" if run_id is not None else f"dir:{d}")
+        groups.setdefault(key, []).append(d)
+        ids[key] = run_id
+    sources = [RunSource(key[0], tuple(dirs), ids[key]) for key, dirs in groups.items()]
+    return sorted(sources, key=lambda s: (s.log_dir, s.namespace))
+
+
+def group_by_log_dir(sources: Sequence[RunSource]) -> list[list[RunSource]]:
+    """Sources that share a log dir (the namespaces of one training run), grouped; first-seen order."""
+    groups: list[tuple[set[str], list[RunSource]]] = []
+    for source in sources:
+        dirs = set(source.log_dirs)
+        joined = [g for g in groups if g[0] & dirs]
+        merged = (dirs.union(*(g[0] for g in joined)), [s for g in joined for s in g[1]] + [source])
+        groups = [g for g in groups if g not in joined] + [merged]
+    return [members for _dirs, members in groups]
+
+
+def find_one_run(path: str) -> list[RunSource]:
+    """The runs of the one training run at ``path``: its namespaces, all sharing its log dirs.
+
+    Raises:
+        RunError: nothing at ``path`` (see :func:`find_runs`), or runs of several log dirs under it.
+    """
+    groups = group_by_log_dir(find_runs(path))
+    if len(groups) > 1:
+        listing = "\n  ".join(", ".join(dict.fromkeys(s.log_dir for s in g)) for g in groups)
+        raise RunError(f"{path!r} holds {len(groups)} runs; pass one of them:\n  {listing}")
+    return groups[0]
+
+
+def check_shapes(result: InfoFlowResult) -> None:
+    """Raise ValueError naming the tensor whose shape disagrees with ``sigma`` ``[L, B, T]``."""
+    sigma, layers = result.sigma, len(result.layer_names)
+    if sigma.dim() != 3 or sigma.shape[0] != layers:
+        raise ValueError(f"sigma has shape {tuple(sigma.shape)}; expected [L, B, T] with L = {layers} layer names")
+    expected = {"mask": (tuple(result.mask.shape), tuple(sigma.shape[1:])),
+                "at_bound": (tuple(result.at_bound.shape) if result.at_bound is not None else tuple(sigma.shape),
+                             tuple(sigma.shape)),
+                "loss": (tuple(result.loss.shape) if result.loss is not None else (layers,), (layers,))}
+    for name, (got, want) in expected.items():
+        if got != want:
+            raise ValueError(f"{name} has shape {got}, sigma {tuple(sigma.shape)}: expected {name} {want}")
+    if result.tokens is not None and len(result.tokens) != sigma.shape[1]:
+        raise ValueError(f"tokens hold {len(result.tokens)} sentences, sigma {sigma.shape[1]}")
 
 
 @dataclass
 class Run:
-    """One run's analyses (sorted by step), hyperparameters and logged scalars."""
+    """One run's analyses (one per step, sorted), hyperparameters and logged scalars.
 
-    path: str
+    ``skipped`` notes the files that could not be used; ``superseded`` the files a newer file of the same
+    step replaced (see the module docstring for which file wins).
+    """
+
+    source: RunSource
     name: str
     results: list[InfoFlowResult]
     hparams: dict[str, Any] = field(default_factory=dict)
     scalars: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+    superseded: list[str] = field(default_factory=list)
+
+    @property
+    def path(self) -> str:
+        """The newest log dir of the run."""
+        return self.source.log_dir
 
     @property
     def last(self) -> InfoFlowResult:
@@ -103,16 +230,25 @@ class Run:
         """``[N, L]``: a per-layer measure (``layer_information``, ``effective_words``, ``mean_entropy``) per analysis."""
         return torch.stack([getattr(r, measure).float() for r in self.results])
 
+    def aligned_history(self, measure: str = "layer_information") -> Tensor | None:
+        """:meth:`history` when every analysis watched the same layers, else ``None`` (no curves)."""
+        if any(list(r.layer_names) != self.layer_names for r in self.results):
+            return None
+        return self.history(measure)
+
+    def peak_index(self) -> int:
+        """Index of the analysis where the last layer keeps the most information."""
+        info = self.aligned_history()
+        if info is None:
+            return len(self.results) - 1
+        return int(torch.nan_to_num(info[:, -1], nan=-math.inf).argmax())
+
     def final_metrics(self) -> dict[str, float]:
         """Last logged value of every validation scalar (tags starting with ``val``)."""
-        out = {}
-        for tag, points in self.scalars.items():
-            leaf = tag.lower()
-            if (leaf.startswith("val") or "/val" in leaf) and points:
-                out[tag] = points[-1][1]
-        return out
+        return {tag: points[-1][1] for tag, points in self.scalars.items()
+                if points and (tag.lower().startswith("val") or "/val" in tag.lower())}
 
-    def loss_tag(self) -> Optional[str]:
+    def loss_tag(self) -> str | None:
         """The training-loss scalar (a tag with ``loss`` and ``train`` in it, else any non-validation loss)."""
         tags = [t for t in self.scalars if "loss" in t.lower() and not t.startswith("infoflow/")
                 and "val" not in t.lower() and "test" not in t.lower()]
@@ -132,49 +268,80 @@ class Run:
         return out
 
 
-def load_run(path: str, name: Optional[str] = None, progress: Progress = _no_progress) -> Run:
-    """Load a run from its log dir (see :func:`find_runs` for a parent folder).
+def load_run(source: RunSource | str, name: str | None = None, progress: Progress = no_progress) -> Run:
+    """Load a run: a :class:`RunSource` from :func:`find_runs`, or the path of a log dir holding one run.
 
     Raises:
-        RunError: not a run dir, or a run with no readable analyses.
+        RunError: not a run dir, several runs under the path, or a run with no readable analyses.
     """
-    runs = find_runs(path)
-    if len(runs) > 1:
-        listing = "\n  ".join(runs)
-        raise RunError(f"{path!r} holds {len(runs)} runs; pass one of them:\n  {listing}")
-    log_dir = runs[0]
-    files = sorted(
-        (int(m.group(1)), os.path.join(log_dir, RESULTS_DIR, f))
-        for f in os.listdir(os.path.join(log_dir, RESULTS_DIR))
-        if (m := _STEP_FILE.match(f))
-    )
+    if isinstance(source, str):
+        sources = find_runs(source)
+        if len(sources) > 1:
+            listing = "\n  ".join(s.label for s in sources)
+            raise RunError(f"{source!r} holds {len(sources)} runs; pass one of them:\n  {listing}")
+        source = sources[0]
+    results, skipped, superseded = _read_results(source, progress)
+    return Run(source, name or default_name(source), results, read_hparams(*source.log_dirs),
+               read_scalars(*source.log_dirs), skipped, superseded)
+
+
+def _candidates(source: RunSource) -> dict[int, list[str]]:
+    """Result files per step, newest first (latest logger version, then modification time)."""
+    ranked: dict[int, list[tuple[tuple[int, float], str]]] = {}
+    for rank, results_dir in enumerate(source.results_dirs):
+        for step, path in _step_files(results_dir).items():
+            ranked.setdefault(step, []).append(((rank, os.path.getmtime(path)), path))
+    return {step: [p for _key, p in sorted(files, reverse=True)] for step, files in sorted(ranked.items())}
+
+
+def _read_results(source: RunSource, progress: Progress) -> tuple[list[InfoFlowResult], list[str], list[str]]:
+    files = _candidates(source)
     if not files:
         raise RunError(
-            f"run {log_dir!r} has no analyses yet ({os.path.join(log_dir, RESULTS_DIR)} is empty): the callback "
+            f"run {source.label!r} has no analyses yet ({', '.join(source.results_dirs)} is empty): the callback "
             "writes step_XXXXXXXX.pt there at each analysis; train longer or check save_results=True"
         )
-    results, skipped = [], []
-    advance = progress(f"loading {os.path.basename(log_dir) or log_dir}", len(files))
-    for step, file in files:
-        try:
-            data = torch.load(file, map_location="cpu", weights_only=True)
-            result = InfoFlowResult.from_dict(data)
-            result.meta.setdefault("step", step)
-            if isinstance(data.get("baselines"), dict):  # saliency maps the callback saved beside the result
-                result.meta["baselines"] = data["baselines"]
-            results.append(result)
-        except Exception as err:  # noqa: BLE001 - a foreign or broken file is skipped and reported
-            skipped.append(f"{os.path.basename(file)}: {type(err).__name__}: {err}")
+    results, skipped, superseded = [], [], []
+    advance = progress(f"loading {os.path.basename(source.log_dir) or source.log_dir}", len(files))
+    for step, paths in files.items():
+        for k, path in enumerate(paths):
+            try:
+                results.append(_read_result(path, step))
+            except Exception as err:  # noqa: BLE001 - a foreign or broken file is skipped and reported
+                skipped.append(f"{_short(path, source)}: {type(err).__name__}: {err}")
+                continue
+            superseded += [_short(p, source) for p in paths[k + 1:]]
+            break
         advance()
     if not results:
-        raise RunError(f"run {log_dir!r}: none of its {len(files)} result files could be read ({skipped[0]})")
-    results.sort(key=lambda r: int(r.meta["step"]))
-    return Run(log_dir, name or _default_name(log_dir), results, read_hparams(log_dir), read_scalars(log_dir), skipped)
+        raise RunError(f"run {source.label!r}: none of its {sum(map(len, files.values()))} result files could be "
+                       f"read ({skipped[0]})")
+    return results, skipped, superseded
 
 
-def _default_name(log_dir: str) -> str:
-    parts = os.path.normpath(os.path.abspath(log_dir)).split(os.sep)
-    return "/".join(parts[-2:])
+def _read_result(path: str, step: int) -> InfoFlowResult:
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    result = InfoFlowResult.from_dict(data)
+    check_shapes(result)
+    result.meta["step"] = step  # the file name is the step every other file of the step is matched by
+    if isinstance(data.get("baselines"), dict):  # saliency maps the callback saved beside the result
+        result.meta["baselines"] = data["baselines"]
+    return result
+
+
+def _short(path: str, source: RunSource) -> str:
+    """A result file's name, with its log dir's name when the run spans several log dirs."""
+    if len(set(source.log_dirs)) == 1:
+        return os.path.basename(path)
+    return os.path.join(os.path.basename(os.path.dirname(os.path.dirname(os.path.dirname(path)))),
+                        os.path.basename(path))
+
+
+def default_name(source: RunSource) -> str:
+    """The last two folders of the run's log dir, and its namespace when it is not the default one."""
+    parts = os.path.normpath(os.path.abspath(source.log_dir)).split(os.sep)
+    name = "/".join(parts[-2:])
+    return name if source.namespace == DEFAULT_NAMESPACE else f"{name}:{source.namespace}"
 
 
 def run_names(paths: Sequence[str]) -> list[str]:
@@ -185,7 +352,7 @@ def run_names(paths: Sequence[str]) -> list[str]:
     (['wd0', 'wd0.1'], ['version_0', 'version_1'])
     """
     if len(paths) == 1:
-        return [_default_name(paths[0])]
+        return ["/".join(os.path.normpath(os.path.abspath(paths[0])).split(os.sep)[-2:])]
     absolute = [os.path.abspath(p) for p in paths]
     common = os.path.commonpath(absolute)
     parts = [os.path.relpath(p, common).split(os.sep) if p != common else [os.path.basename(p)] for p in absolute]
@@ -196,497 +363,27 @@ def run_names(paths: Sequence[str]) -> list[str]:
     return ["/".join(x) for x in parts]
 
 
-class _LenientLoader(yaml.SafeLoader):
-    """Safe YAML loading that turns Python-object tags (non-primitive hparams) into their text."""
-
-
-def _unknown_tag(loader: yaml.Loader, suffix: str, node: yaml.Node) -> Any:
-    if isinstance(node, yaml.ScalarNode):
-        return loader.construct_scalar(node)
-    if isinstance(node, yaml.SequenceNode):
-        return loader.construct_sequence(node, deep=True)
-    return loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
-
-
-_LenientLoader.add_multi_constructor("", _unknown_tag)
-
-
-def read_hparams(log_dir: str) -> dict[str, Any]:
-    """The logger's ``hparams.yaml`` flattened to ``{"a.b": value}``; empty when there is none."""
-    path = os.path.join(log_dir, "hparams.yaml")
-    if not os.path.isfile(path):
-        return {}
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = yaml.load(f, Loader=_LenientLoader)  # a SafeLoader subclass
-        except yaml.YAMLError:
-            return {}
-    return flatten(data) if isinstance(data, Mapping) else {}
-
-
-def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``.
-
-    >>> flatten({"lr": 0.1, "model": {"dropout": 0.2}})
-    {'lr': 0.1, 'model.dropout': 0.2}
-    """
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(flatten(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
-
-
-def read_scalars(log_dir: str) -> dict[str, list[tuple[int, float]]]:
-    """Scalars the run logged besides infoflow's: from ``metrics.csv`` (CSVLogger) and TensorBoard events.
-
-    Returns ``{tag: [(step, value), ...]}`` sorted by step.
-    """
-    out: dict[str, list[tuple[int, float]]] = {}
-    csv_path = os.path.join(log_dir, "metrics.csv")
-    if os.path.isfile(csv_path):
-        with open(csv_path, newline="", encoding="utf-8") as f:
-            for row in csv.DictReader(f):
-                step = _number(row.get("step"))
-                for key, value in row.items():
-                    v = _number(value)
-                    if key in ("step", "epoch") or key.startswith("infoflow/") or v is None or step is None:
-                        continue
-                    out.setdefault(key, []).append((int(step), v))
-    if glob.glob(os.path.join(log_dir, "events.out.tfevents.*")):
-        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-        acc = EventAccumulator(log_dir, size_guidance={"scalars": 0, "images": 1, "tensors": 1, "histograms": 1,
-                                                        "audio": 1, "compressedHistograms": 1})
-        acc.Reload()
-        for tag in acc.Tags().get("scalars", []):
-            if tag.startswith("infoflow/") or tag in ("epoch", "hp_metric") or tag in out:
-                continue
-            out[tag] = [(int(e.step), float(e.value)) for e in acc.Scalars(tag)]
-    return {k: sorted(v, key=lambda p: p[0]) for k, v in out.items()}
-
-
-def _number(value: Any) -> Optional[float]:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
-
-
-# --------------------------------------------------------------------------- probes that match
-
-
-def subset(result: InfoFlowResult, sentences: Sequence[int]) -> InfoFlowResult:
-    """The result restricted to some probe sentences (in that order)."""
-    idx = torch.as_tensor(list(sentences), dtype=torch.long)
-    return InfoFlowResult(
-        layer_names=list(result.layer_names), sigma=result.sigma[:, idx], mask=result.mask[idx],
-        sigma_max=result.sigma_max, embedding_dim=result.embedding_dim,
-        at_bound=result.at_bound[:, idx] if result.at_bound is not None else None, loss=result.loss,
-        tokens=[result.tokens[i] for i in idx.tolist()] if result.tokens else None, meta=dict(result.meta),
-    )
-
-
-def probe_keys(result: InfoFlowResult) -> list[tuple[str, ...]]:
-    """One key per probe sentence: its token strings (its length where the result has no tokens)."""
-    lengths = result.mask.sum(1).tolist()
-    if result.tokens:
-        return [tuple(words[: int(n)]) for words, n in zip(result.tokens, lengths)]
-    return [("#words", str(int(n))) for n in lengths]
-
-
-@dataclass
-class Matched:
-    """Runs restricted to the probe sentences they share; ``notes`` say what was skipped."""
-
-    runs: list[Run]
-    notes: list[str]
-    sentences: int
-
-
-def match_probes(runs: Sequence[Run]) -> Matched:
-    """Restrict runs to the probe sentences all of them analysed (by token strings).
-
-    A run that shares no sentence with the first run is left out. Every analysis of a kept run is
-    restricted to the shared sentences, in the first run's order.
-
-    Raises:
-        RunError: fewer than two runs share a probe sentence.
-    """
-    reference = probe_keys(runs[0].last)
-    notes: list[str] = []
-    kept = [runs[0]]
-    for run in runs[1:]:
-        if set(probe_keys(run.last)) & set(reference):
-            kept.append(run)
-        else:
-            notes.append(f"skipped run {run.name}: its probe shares no sentence with run {runs[0].name}'s")
-    if len(kept) < 2:
-        raise RunError("nothing to compare: " + "; ".join(notes))
-    common = [k for k in dict.fromkeys(reference) if all(k in probe_keys(r.last) for r in kept)]
-    out = []
-    for run in kept:
-        keys = probe_keys(run.last)
-        if keys == common:
-            out.append(run)
-            continue
-        index = [keys.index(k) for k in common]
-        left_out = len(keys) - len(index)
-        notes.append(f"run {run.name}: compared on the {len(common)} probe sentences all runs share; "
-                     f"{left_out} of its {len(keys)} sentences skipped")
-        out.append(Run(run.path, run.name, [subset(r, index) for r in run.results if len(probe_keys(r)) == len(keys)],
-                       run.hparams, run.scalars, run.skipped))
-    return Matched(out, notes, len(common))
-
-
-# --------------------------------------------------------------------------- findings
-
-
-def run_findings(run: Run, stop_words: Collection[str] = guidance.STOP_WORDS, label: Optional[str] = None,
-                 absolute_bar: bool = True, absolute: float = guidance.TOO_LITTLE_ABSOLUTE) -> list[Finding]:
-    """The single-run rules on one run: too little information (the absolute bar, when ``absolute_bar``),
-    information collapses over the history, noisy use of words at the last analysis, and phases.
-
-    ``label`` names the run in the findings (``None`` for a report on one run).
-    """
-    names = run.layer_names
-    info = _aligned_history(run)
-    findings: list[Finding] = []
-    if absolute_bar:
-        findings += guidance.too_little_information({label or run.name: run.last}, {label or run.name: run.hparams},
-                                                    absolute=absolute)
-    if info is not None:
-        findings += guidance.collapse_findings(run.steps, info, run.loss_history(), names, run=label)
-    findings += guidance.noisy_word_use(run.last, stop_words, run=label)
-    if info is not None:
-        findings += guidance.information_phases(run.steps, info, names, run=label)
-    return findings
-
-
-def compare_findings(runs: Sequence[Run], scores: Optional[Mapping[str, float]] = None, score_name: str = "score",
-                     stop_words: Collection[str] = guidance.STOP_WORDS,
-                     relative: float = guidance.TOO_LITTLE_RELATIVE) -> list[Finding]:
-    """Too little information relative to the best run of the sweep, then every run's own rules."""
-    findings = guidance.too_little_information({r.name: r.last for r in runs}, {r.name: r.hparams for r in runs},
-                                               scores, score_name=score_name, relative=relative)
-    for run in runs:
-        findings += run_findings(run, stop_words, label=run.name, absolute_bar=False)
-    return findings
-
-
-def _aligned_history(run: Run) -> Optional[Tensor]:
-    names = run.layer_names
-    same = [r for r in run.results if list(r.layer_names) == names]
-    if len(same) != len(run.results):
-        return None
-    return run.history()
-
-
-def pick_score(runs: Sequence[Run], metric: Optional[str] = None, mode: Optional[str] = None) -> tuple[Optional[dict[str, float]], str]:
-    """The validation score that ranks runs (higher is better), and its name.
-
-    ``metric`` names a logged scalar; by default the first validation metric every run logged whose name
-    suggests higher-is-better (accuracy, MCC, F1, AUC, ...), else a validation loss (negated).
-    """
-    finals = [r.final_metrics() for r in runs]
-    common = sorted(set.intersection(*(set(f) for f in finals))) if finals else []
-    if metric is not None:
-        if metric not in common:
-            raise RunError(f"not every run logged {metric!r}; metrics all runs logged: {common or 'none'}")
-        chosen = metric
-    else:
-        higher = [m for m in common if any(h in m.lower() for h in _SCORE_HINTS)]
-        losses = [m for m in common if "loss" in m.lower()]
-        if not higher and not losses:
-            return None, ""
-        chosen = (higher or losses)[0]
-    lower = mode == "min" if mode else ("loss" in chosen.lower() and not any(h in chosen.lower() for h in _SCORE_HINTS))
-    sign = -1.0 if lower else 1.0
-    return {r.name: sign * f[chosen] for r, f in zip(runs, finals)}, (f"-{chosen}" if lower else chosen)
-
-
-# --------------------------------------------------------------------------- HTML
-
-
-def parse_steps(spec: str, steps: Sequence[int], peak: Optional[int] = None) -> list[int]:
+def parse_steps(spec: str, steps: Sequence[int], peak: int | None = None) -> list[int]:
     """Indices of the analyses a spec picks: ``first``, ``last``, ``peak``, ``all`` or step numbers, comma-separated.
 
     ``peak`` is the index of the analysis where the last layer keeps the most information (given by the
-    caller). Raises ValueError for a step that was not analysed.
+    caller, e.g. :meth:`Run.peak_index`). Raises ValueError for a step that was not analysed.
 
     >>> parse_steps("first,last", [0, 5, 10]), parse_steps("5", [0, 5, 10]), parse_steps("all,peak", [0, 5], peak=1)
     ([0, 2], [1], [0, 1])
     """
+    named = {"first": [0], "last": [len(steps) - 1], "peak": [len(steps) - 1 if peak is None else peak],
+             "all": list(range(len(steps)))}
     out: list[int] = []
     for part in (p.strip() for p in spec.split(",") if p.strip()):
-        if part == "all":
-            out += range(len(steps))
-        elif part == "first":
-            out.append(0)
-        elif part == "last":
-            out.append(len(steps) - 1)
-        elif part == "peak":
-            out.append(len(steps) - 1 if peak is None else peak)
-        else:
-            try:
-                step = int(part)
-            except ValueError:
-                raise ValueError(f"cannot read step {part!r}: use first, last, peak, all or step numbers") from None
-            if step not in steps:
-                raise ValueError(f"step {step} was not analysed; analysed steps: {list(steps)}")
-            out.append(list(steps).index(step))
+        if part in named:
+            out += named[part]
+            continue
+        try:
+            step = int(part)
+        except ValueError:
+            raise ValueError(f"cannot read step {part!r}: use first, last, peak, all or step numbers") from None
+        if step not in steps:
+            raise ValueError(f"step {step} was not analysed; analysed steps: {list(steps)}")
+        out.append(list(steps).index(step))
     return list(dict.fromkeys(out))
-
-
-def peak_index(run: Run) -> int:
-    """Index of the analysis where the last layer keeps the most information."""
-    info = _aligned_history(run)
-    if info is None:
-        return len(run.results) - 1
-    return int(torch.nan_to_num(info[:, -1], nan=-math.inf).argmax())
-
-
-class _Page:
-    """Collects HTML sections and figures; writes each figure as a PNG and embeds it as base64."""
-
-    def __init__(self, title: str, out_dir: str, dpi: int = 100) -> None:
-        self.title = title
-        self.out_dir = out_dir
-        self.dpi = dpi
-        self.parts: list[str] = []
-        self.pngs: list[str] = []
-        os.makedirs(out_dir, exist_ok=True)
-
-    def add(self, markup: str) -> None:
-        self.parts.append(markup)
-
-    def heading(self, text: str, level: int = 2) -> None:
-        self.add(f"<h{level}>{html.escape(text)}</h{level}>")
-
-    def text(self, text: str) -> None:
-        self.add(f"<p>{html.escape(text)}</p>")
-
-    def figure(self, fig: Figure, name: str, caption: str) -> None:
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=self.dpi)
-        fig.clear()
-        data = buf.getvalue()
-        path = os.path.join(self.out_dir, f"{name}.png")
-        with open(path, "wb") as f:
-            f.write(data)
-        self.pngs.append(path)
-        encoded = base64.b64encode(data).decode("ascii")
-        self.add(f'<figure><img src="data:image/png;base64,{encoded}" alt="{html.escape(caption)}">'
-                 f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-
-    def table(self, header: Sequence[str], rows: Iterable[Sequence[Any]], css: str = "") -> None:
-        head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(c))}</td>" for c in row) + "</tr>" for row in rows)
-        klass = f' class="{css}"' if css else ""
-        self.add(f"<table{klass}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
-
-    def findings(self, findings: Sequence[Finding]) -> None:
-        """Warnings as a list (numbers, threshold, suggestion); the phases of every layer as a table."""
-        warnings = [f for f in findings if f.severity == "warning"]
-        phases = [f for f in findings if f.rule == "information_phases"]
-        items = []
-        for f in warnings:
-            numbers = ", ".join(f"{k} = {_cell(v)}" for k, v in f.measured.items())
-            where = " · ".join(x for x in (f.run, f.layer) if x)
-            items.append(
-                f'<li class="warning"><b>{html.escape(f.rule)}</b>'
-                f'{" — " + html.escape(where) if where else ""}: {html.escape(f.message)}'
-                f"<br><small>measured: {html.escape(numbers)}<br>threshold: {html.escape(f.threshold)}</small>"
-                f"<br>try: {html.escape(f.suggestion)}</li>"
-            )
-        if items:
-            self.add("<ul class='findings'>" + "".join(items) + "</ul>")
-        else:
-            self.text("No rule triggered a warning.")
-        if phases:
-            self.add(f"<h3>Information peaks (Fig. 9; {html.escape(phases[0].threshold)})</h3>")
-            runs = any(f.run for f in phases)
-            header = [*(["run"] if runs else []), "layer", "peak step", "peak information", "rise to peak",
-                      "peak to last", "reading"]
-            self.table(header, [[*([f.run] if runs else []), f.layer, int(f.measured["peak_step"]),
-                                 f.measured["peak_information"], f"{100 * f.measured['rise']:+.1f}%",
-                                 f"{-100 * f.measured['fall']:+.1f}%", f.message] for f in phases], css="phases")
-
-    def write(self, name: str = "report.html") -> str:
-        path = os.path.join(self.out_dir, name)
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(_TEMPLATE.format(title=html.escape(self.title), body="\n".join(self.parts)))
-        return path
-
-
-_TEMPLATE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }}
-table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }}
-th, td {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; font-size: 0.9em; }}
-th {{ background: #f3f3f3; }} td:first-child, th:first-child {{ text-align: left; }}
-figure {{ display: inline-block; margin: 0.5em; vertical-align: top; }} img {{ max-width: 100%; }}
-figcaption {{ font-size: 0.85em; color: #555; }}
-li.warning {{ color: #8a3b00; margin-bottom: 0.6em; }} table.phases td:last-child {{ text-align: left; }}
-</style></head>
-<body><h1>{title}</h1>
-{body}
-</body></html>
-"""
-
-
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "—"
-        return f"{value:.4g}"
-    return "—" if value is None else str(value)
-
-
-def _sentence_label(result: InfoFlowResult, b: int) -> str:
-    words = result.tokens[b] if result.tokens else []
-    text = " ".join(words[: int(result.mask[b].sum())])
-    return text if len(text) <= 90 else text[:87] + "..."
-
-
-def layer_table(run: Run) -> tuple[list[str], list[list[Any]]]:
-    """Per layer: final information, its peak and step, effective words, mean entropy."""
-    last = run.last
-    info = _aligned_history(run)
-    rows = []
-    for i, name in enumerate(last.layer_names):
-        peak, peak_step = (float("nan"), None)
-        if info is not None:
-            k = int(torch.nan_to_num(info[:, i], nan=-math.inf).argmax())
-            peak, peak_step = float(info[k, i]), run.steps[k]
-        rows.append([name, float(last.layer_information[i]), peak, peak_step, float(last.effective_words[i]),
-                     float(last.mean_entropy[i])])
-    header = ["layer", "information (nats/word)", "peak information", "peak step", "effective words", "mean entropy"]
-    return header, rows
-
-
-def write_run_report(run: Run, out_dir: str, findings: Sequence[Finding], heatmap_steps: Sequence[int],
-                     progress: Progress = _no_progress) -> str:
-    """Write ``report.html`` (figures embedded) and the PNGs into ``out_dir``; return the HTML path.
-
-    ``heatmap_steps`` are indices into ``run.results``: a layers x words heatmap per probe sentence for each.
-    """
-    page = _Page(f"infoflow report: {run.name}", out_dir)
-    last = run.last
-    page.text(f"Log dir: {os.path.abspath(run.path)} · {len(run.results)} analyses at steps {run.steps} · "
-              f"{last.sigma.shape[1]} probe sentences · layers: {', '.join(last.layer_names)}")
-    if run.skipped:
-        page.text("Skipped files: " + "; ".join(run.skipped))
-    page.heading("Findings")
-    page.findings(findings)
-    page.heading("Layers at the last analysis")
-    page.table(*layer_table(run))
-    metrics = run.final_metrics()
-    if metrics or run.hparams:
-        page.heading("Hyperparameters and final validation metrics")
-        page.table(["name", "value"], [*sorted(run.hparams.items()), *sorted(metrics.items())])
-    n_heat = len(heatmap_steps) * last.sigma.shape[1]
-    advance = progress("drawing figures", 3 + n_heat)
-    page.heading("Information against step")
-    info = _aligned_history(run)
-    if info is not None:
-        page.figure(figures.information_curves(run.steps, info, last.layer_names), "information_curves",
-                    "mean information per word of every layer against step (Fig. 9)")
-        advance()
-        page.figure(figures.information_curves(run.steps, run.history("effective_words"), last.layer_names,
-                                               ylabel="effective words"),
-                    "effective_words_curves", "effective number of words each layer keeps, against step")
-        advance()
-    else:
-        page.text("The layers changed between analyses; no curves.")
-    page.figure(figures.layer_profile(last), "layer_profile",
-                f"information and effective words per layer at step {run.steps[-1]}")
-    advance()
-    page.heading("Information per word, layers x words")
-    for k in heatmap_steps:
-        result = run.results[k]
-        maps = result.meta.get("baselines")
-        for b in range(result.sigma.shape[1]):
-            fig = (figures.comparison_heatmaps(result, maps, b) if maps
-                   else figures.information_heatmap(result, b))
-            page.figure(fig, f"heatmap_step{run.steps[k]:08d}_sentence{b}",
-                        f"step {run.steps[k]}, sentence {b}: {_sentence_label(result, b)}"
-                        + (f" (beside {', '.join(maps)})" if maps else ""))
-            advance()
-    path = page.write()
-    with open(os.path.join(out_dir, "findings.json"), "w", encoding="utf-8") as f:
-        json.dump([x.to_dict() for x in findings], f, indent=1)
-    return path
-
-
-def compare_tables(runs: Sequence[Run], scores: Optional[Mapping[str, float]]) -> dict[str, tuple[list[str], list[list[Any]]]]:
-    """The tables of a comparison: runs (differing hparams, metrics, last layer), and information per layer."""
-    keys = sorted(set().union(*(r.hparams for r in runs)))
-    differing = [k for k in keys if len({repr(r.hparams.get(k)) for r in runs}) > 1]
-    metric_names = sorted(set().union(*(r.final_metrics() for r in runs)))
-    header = ["run", *differing, *metric_names, "last layer", "info/word", "eff. words", "analyses"]
-    rows = []
-    for r in runs:
-        m = r.final_metrics()
-        rows.append([r.name, *[r.hparams.get(k) for k in differing], *[m.get(k, float("nan")) for k in metric_names],
-                     r.layer_names[-1], float(r.last.layer_information[-1]), float(r.last.effective_words[-1]),
-                     f"{len(r.results)} to step {r.steps[-1]}"])
-    layers = _layer_axis(runs)
-    per_layer = [[layer, *[_by_layer(r, layer, "layer_information") for r in runs]] for layer in layers]
-    return {"runs": (header, rows), "information": (["layer", *[r.name for r in runs]], per_layer)}
-
-
-def _layer_axis(runs: Sequence[Run]) -> list[str]:
-    return list(dict.fromkeys(name for r in runs for name in r.layer_names))
-
-
-def _by_layer(run: Run, layer: str, measure: str) -> float:
-    names = run.layer_names
-    return float(getattr(run.last, measure)[names.index(layer)]) if layer in names else float("nan")
-
-
-def write_comparison(runs: Sequence[Run], out_dir: str, findings: Sequence[Finding], notes: Sequence[str],
-                     scores: Optional[Mapping[str, float]], progress: Progress = _no_progress) -> str:
-    """Write ``compare.html`` (figures embedded) and the PNGs into ``out_dir``; return the HTML path."""
-    page = _Page(f"infoflow comparison of {len(runs)} runs", out_dir)
-    page.text("Runs: " + "; ".join(f"{r.name} ({os.path.abspath(r.path)})" for r in runs))
-    for note in notes:
-        page.text(note)
-    tables = compare_tables(runs, scores)
-    page.heading("Findings")
-    page.findings(findings)
-    page.heading("Runs")
-    page.table(*tables["runs"])
-    page.heading("Information per layer at the last analysis (nats per word)")
-    page.table(*tables["information"])
-    layers = _layer_axis(runs)
-    sentences = runs[0].last.sigma.shape[1]
-    advance = progress("drawing figures", 3 + sentences)
-    page.figure(figures.layers_by_run({r.name: [_by_layer(r, l, "layer_information") for l in layers] for r in runs},
-                                      layers), "information_by_layer", "information per layer, one line per run")
-    advance()
-    page.figure(figures.layers_by_run({r.name: [_by_layer(r, l, "effective_words") for l in layers] for r in runs},
-                                      layers, ylabel="effective words"),
-                "effective_words_by_layer", "effective words per layer, one line per run")
-    advance()
-    page.figure(figures.curves_by_run({r.name: (r.steps, r.history()[:, -1].tolist()) for r in runs},
-                                      title="last layer"),
-                "last_layer_curves", "last layer's information against step, one line per run")
-    advance()
-    page.heading("Last layer: information per word of each probe sentence (Fig. 4)")
-    for b in range(sentences):
-        words = list(runs[0].last.tokens[b][: int(runs[0].last.mask[b].sum())]) if runs[0].last.tokens else \
-            [str(i) for i in range(int(runs[0].last.mask[b].sum()))]
-        rows = {r.name: r.last.information[-1, b, : len(words)].nan_to_num(0.0).tolist() for r in runs}
-        page.figure(figures.saliency_by_run(rows, words, f"sentence {b}, last layer"), f"saliency_sentence{b}",
-                    f"sentence {b}: {_sentence_label(runs[0].last, b)}")
-        advance()
-    path = page.write("compare.html")
-    with open(os.path.join(out_dir, "findings.json"), "w", encoding="utf-8") as f:
-        json.dump([x.to_dict() for x in findings], f, indent=1)
-    return path

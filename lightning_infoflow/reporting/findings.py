@@ -1,0 +1,73 @@
+"""The guidance rules (:mod:`lightning_infoflow.analysis.guidance`) applied to loaded runs, and the score
+that ranks the runs of a sweep."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+
+from lightning_infoflow.analysis import guidance
+from lightning_infoflow.analysis.guidance import Finding
+from lightning_infoflow.reporting.runs import Run, RunError
+
+SCORE_HINTS = ("acc", "mcc", "f1", "auc", "auroc", "precision", "recall", "corr")
+"""Substrings of a metric name that say higher is better."""
+
+
+def run_findings(run: Run, stop_words: Collection[str] = guidance.STOP_WORDS, label: str | None = None,
+                 absolute_bar: bool = True, absolute: float = guidance.TOO_LITTLE_ABSOLUTE) -> list[Finding]:
+    """The single-run rules on one run: too little information (the absolute bar, when ``absolute_bar``),
+    information collapses over the history, noisy use of words at the last analysis, and phases.
+
+    ``label`` names the run in the findings (``None`` for a report on one run).
+    """
+    names = run.layer_names
+    info = run.aligned_history()
+    findings: list[Finding] = []
+    if absolute_bar:
+        key = label or run.name
+        findings += guidance.too_little_information({key: run.last}, {key: run.hparams}, absolute=absolute)
+    if info is not None:
+        findings += guidance.collapse_findings(run.steps, info, run.loss_history(), names, run=label)
+    findings += guidance.noisy_word_use(run.last, stop_words, run=label)
+    if info is not None:
+        findings += guidance.information_phases(run.steps, info, names, run=label)
+    return findings
+
+
+def compare_findings(runs: Sequence[Run], scores: Mapping[str, float] | None = None, score_name: str = "score",
+                     stop_words: Collection[str] = guidance.STOP_WORDS,
+                     relative: float = guidance.TOO_LITTLE_RELATIVE) -> list[Finding]:
+    """Too little information relative to the best run of the sweep, then every run's own rules."""
+    findings = guidance.too_little_information({r.name: r.last for r in runs}, {r.name: r.hparams for r in runs},
+                                               scores, score_name=score_name, relative=relative)
+    for run in runs:
+        findings += run_findings(run, stop_words, label=run.name, absolute_bar=False)
+    return findings
+
+
+def pick_score(runs: Sequence[Run], metric: str | None = None,
+               mode: str | None = None) -> tuple[dict[str, float] | None, str]:
+    """The validation score that ranks runs (higher is better), and its name.
+
+    ``metric`` names a logged scalar; by default the first validation metric every run logged whose name
+    suggests higher-is-better (accuracy, MCC, F1, AUC, ...), else a validation loss (negated).
+
+    Raises:
+        RunError: ``metric`` is not a validation scalar every run logged.
+    """
+    finals = [r.final_metrics() for r in runs]
+    common = sorted(set.intersection(*(set(f) for f in finals))) if finals else []
+    if metric is not None:
+        if metric not in common:
+            raise RunError(f"not every run logged {metric!r}; metrics all runs logged: {common or 'none'}")
+        chosen = metric
+    else:
+        higher = [m for m in common if any(h in m.lower() for h in SCORE_HINTS)]
+        losses = [m for m in common if "loss" in m.lower()]
+        if not higher and not losses:
+            return None, ""
+        chosen = (higher or losses)[0]
+    scored = any(h in chosen.lower() for h in SCORE_HINTS)
+    lower = mode == "min" if mode else ("loss" in chosen.lower() and not scored)
+    sign = -1.0 if lower else 1.0
+    return {r.name: sign * f[chosen] for r, f in zip(runs, finals)}, (f"-{chosen}" if lower else chosen)
