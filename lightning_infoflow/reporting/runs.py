@@ -181,7 +181,7 @@ def check_shapes(result: InfoFlowResult) -> None:
     """Raise ValueError naming the tensor whose shape disagrees with ``sigma`` ``[L, B, T]``."""
     sigma, layers = result.sigma, len(result.layer_names)
     if sigma.dim() != 3 or sigma.shape[0] != layers:
-        raise ValueError(f"sigma has shape {tuple(sigma.shape)}; expected [L, B, T] with L = {layers} layer names")
+        raise ValueError(f"sigma has shape {tuple(sigma.shape)}; expected [L, B, T] with L = len(layer_names) = {layers}")
     expected = {"mask": (tuple(result.mask.shape), tuple(sigma.shape[1:])),
                 "at_bound": (tuple(result.at_bound.shape) if result.at_bound is not None else tuple(sigma.shape),
                              tuple(sigma.shape)),
