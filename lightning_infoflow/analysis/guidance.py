@@ -168,48 +168,59 @@ def too_little_information(
     if not results:
         return []
     words = {name: _last_layer(r.effective_words) for name, r in results.items()}
-    info = {name: _last_layer(r.layer_information) for name, r in results.items()}
-    layer = {name: r.layer_names[-1] for name, r in results.items()}
-    hparams = hparams or {}
-    findings: list[Finding] = []
     valid = {n: w for n, w in words.items() if math.isfinite(w)}
+    last = _LastLayers(valid, {name: _last_layer(r.layer_information) for name, r in results.items()},
+                       {name: r.layer_names[-1] for name, r in results.items()}, hparams or {})
     if len(results) == 1 or len(valid) < 2:
-        for name, w in valid.items():
-            if w < absolute:
-                findings.append(Finding(
-                    rule="too_little_information", severity="warning", run=name if len(results) > 1 else None,
-                    layer=layer[name],
-                    message=f"the last layer ({layer[name]}) keeps {w:.2f} effective words per sentence "
-                            f"({info[name]:.2f} nats per word).",
-                    measured={"effective_words": w, "information": info[name]},
-                    threshold=f"fewer than {absolute:g} effective words in the last layer",
-                    suggestion=_lower_regularisation(hparams.get(name, {}), None, {}),
-                ))
-        return findings
+        return [_below_absolute(last, name, absolute, named=len(results) > 1) for name, w in valid.items()
+                if w < absolute]
     if scores is not None and all(n in scores and math.isfinite(scores[n]) for n in valid):
         best = max(valid, key=lambda n: scores[n])
         why = f"best {score_name} {scores[best]:.4g}"
     else:
         best = max(valid, key=lambda n: valid[n])
         why = "most effective words"
-    bar = relative * valid[best]
-    for name, w in valid.items():
-        if name == best or w >= bar:
-            continue
-        measured = {"effective_words": w, "best_effective_words": valid[best], "information": info[name],
-                    "best_information": info[best], "ratio": w / valid[best] if valid[best] > 0 else 0.0}
-        if scores is not None and name in scores and best in scores:
-            measured.update(score=float(scores[name]), best_score=float(scores[best]))
-        findings.append(Finding(
-            rule="too_little_information", severity="warning", run=name, layer=layer[name],
-            message=f"the last layer ({layer[name]}) keeps {w:.2f} effective words per sentence against "
-                    f"{valid[best]:.2f} in run {best} ({why}); {info[name]:.2f} against {info[best]:.2f} nats per word.",
-            measured=measured,
-            threshold=f"fewer than {relative:g} x the best run's effective words ({bar:.2f})",
-            suggestion=_lower_regularisation(hparams.get(name, {}), best, hparams.get(best, {})),
-            extra={"best_run": best},
-        ))
-    return findings
+    return [_below_best(last, name, best, why, relative, scores) for name, w in valid.items()
+            if name != best and w < relative * valid[best]]
+
+
+@dataclass(frozen=True)
+class _LastLayers:
+    """The last layer of each run: its effective words (finite ones), information, name; the runs' hparams."""
+
+    words: Mapping[str, float]
+    info: Mapping[str, float]
+    layer: Mapping[str, str]
+    hparams: Mapping[str, Mapping[str, Any]]
+
+
+def _below_absolute(last: _LastLayers, name: str, absolute: float, named: bool) -> Finding:
+    w, info, layer = last.words[name], last.info[name], last.layer[name]
+    return Finding(
+        rule="too_little_information", severity="warning", run=name if named else None, layer=layer,
+        message=f"the last layer ({layer}) keeps {w:.2f} effective words per sentence ({info:.2f} nats per word).",
+        measured={"effective_words": w, "information": info},
+        threshold=f"fewer than {absolute:g} effective words in the last layer",
+        suggestion=_lower_regularisation(last.hparams.get(name, {}), None, {}),
+    )
+
+
+def _below_best(last: _LastLayers, name: str, best: str, why: str, relative: float,
+                scores: Mapping[str, float] | None) -> Finding:
+    w, top, layer = last.words[name], last.words[best], last.layer[name]
+    measured = {"effective_words": w, "best_effective_words": top, "information": last.info[name],
+                "best_information": last.info[best], "ratio": w / top if top > 0 else 0.0}
+    if scores is not None and name in scores and best in scores:
+        measured.update(score=float(scores[name]), best_score=float(scores[best]))
+    return Finding(
+        rule="too_little_information", severity="warning", run=name, layer=layer,
+        message=f"the last layer ({layer}) keeps {w:.2f} effective words per sentence against {top:.2f} in run "
+                f"{best} ({why}); {last.info[name]:.2f} against {last.info[best]:.2f} nats per word.",
+        measured=measured,
+        threshold=f"fewer than {relative:g} x the best run's effective words ({relative * top:.2f})",
+        suggestion=_lower_regularisation(last.hparams.get(name, {}), best, last.hparams.get(best, {})),
+        extra={"best_run": best},
+    )
 
 
 def is_regularisation(name: str) -> bool:
@@ -493,27 +504,7 @@ def information_phases(
         peak, first, last = float(col[k]), float(col[0]), float(col[-1])
         rise, fall = (peak - first) / peak, (peak - last) / peak
         name = layer_names[i] if layer_names is not None else f"layer {i}"
-        expands, compresses = rise >= min_change, fall >= min_change
-        if expands and compresses:
-            msg = (f"{name} expands until step {steps[k]} (+{100 * rise:.0f}% from step {steps[0]}, peak "
-                   f"{peak:.2f} nats per word), then compresses by {100 * fall:.0f}% to step {steps[-1]}.")
-            tip = (f"the two phases of Fig. 9; if the validation score stopped improving during compression, "
-                   f"the checkpoint near step {steps[k]} or later is a candidate")
-        elif expands:
-            msg = f"{name} is still expanding: its information peaks at the last analysis (step {steps[k]}, " \
-                  f"+{100 * rise:.0f}% since step {steps[0]})." if k == len(steps) - 1 else \
-                  f"{name} expands until step {steps[k]} (+{100 * rise:.0f}%) and stays within " \
-                  f"{100 * fall:.0f}% of its peak since."
-            tip = "no compression yet: train longer before judging how much the layer keeps"
-        elif compresses:
-            msg = (f"{name} compresses from the start: {100 * fall:.0f}% below its peak at step {steps[k]} "
-                   f"by step {steps[-1]}, without an expansion phase.")
-            tip = ("normal for layers that start with more than they need; if the loss is flat too, try a larger "
-                   "learning rate or less regularisation")
-        else:
-            msg = (f"{name} is stable: within {100 * min_change:g}% of its peak (step {steps[k]}, "
-                   f"{peak:.2f} nats per word) throughout.")
-            tip = "nothing to change on this account"
+        msg, tip = _phase_reading(name, [int(x) for x in steps], k, peak, rise, fall, min_change)
         out.append(Finding(
             rule="information_phases", severity="info", run=run, layer=name, step=int(steps[k]), message=msg,
             measured={"peak_step": float(steps[k]), "peak_information": peak, "first_information": first,
@@ -522,3 +513,30 @@ def information_phases(
             suggestion=tip,
         ))
     return out
+
+
+def _phase_reading(name: str, steps: list[int], k: int, peak: float, rise: float, fall: float,
+                   min_change: float) -> tuple[str, str]:
+    """The message and the suggestion of a layer whose information peaks at analysis ``k``."""
+    expands, compresses = rise >= min_change, fall >= min_change
+    if expands and compresses:
+        msg = (f"{name} expands until step {steps[k]} (+{100 * rise:.0f}% from step {steps[0]}, peak "
+               f"{peak:.2f} nats per word), then compresses by {100 * fall:.0f}% to step {steps[-1]}.")
+        tip = (f"the two phases of Fig. 9; if the validation score stopped improving during compression, "
+               f"the checkpoint near step {steps[k]} or later is a candidate")
+    elif expands:
+        msg = (f"{name} is still expanding: its information peaks at the last analysis (step {steps[k]}, "
+               f"+{100 * rise:.0f}% since step {steps[0]})." if k == len(steps) - 1 else
+               f"{name} expands until step {steps[k]} (+{100 * rise:.0f}%) and stays within "
+               f"{100 * fall:.0f}% of its peak since.")
+        tip = "no compression yet: train longer before judging how much the layer keeps"
+    elif compresses:
+        msg = (f"{name} compresses from the start: {100 * fall:.0f}% below its peak at step {steps[k]} "
+               f"by step {steps[-1]}, without an expansion phase.")
+        tip = ("normal for layers that start with more than they need; if the loss is flat too, try a larger "
+               "learning rate or less regularisation")
+    else:
+        msg = (f"{name} is stable: within {100 * min_change:g}% of its peak (step {steps[k]}, "
+               f"{peak:.2f} nats per word) throughout.")
+        tip = "nothing to change on this account"
+    return msg, tip
