@@ -53,7 +53,7 @@ from lightning_infoflow.reporting.runs import (
     find_runs,
     load_run,
     parse_steps,
-    run_names,
+    source_names,
 )
 from lightning_infoflow.reporting.tables import Table, cell, compare_tables, layer_table
 
@@ -175,7 +175,7 @@ def compare(run_dirs: tuple[str, ...], out: str, metric: str | None, mode: str |
                                "Use `infoflow report` for one run.")
     with progress_bars(progress) as task:
         try:
-            runs = [load_run(s, name, progress=task) for s, name in zip(sources, run_names([s.label for s in sources]))]
+            runs = [load_run(s, name, progress=task) for s, name in zip(sources, source_names(sources))]
             matched = match_probes(runs)
             scores, score_name = pick_score(matched.runs, metric, mode)
         except RunError as err:

@@ -168,6 +168,9 @@ def test_two_namespaces_are_found_and_reported_separately(tmp_path):
     with pytest.raises(Exception, match="holds 2 runs"):  # one log dir, one result: name the namespace folder
         load_run(log)
     assert load_run(os.path.join(log, "probe_b")).steps == [0, 10]
+    res = invoke("compare", log, "--out", str(tmp_path / "cmp"))  # the namespaces side by side
+    assert res.exit_code == 0, res.output
+    assert "2 runs, 2 shared probe sentences" in flat(res) and "version_0:probe_b" in flat(res)
 
 
 # --------------------------------------------------------------------------- resumed runs

@@ -363,6 +363,13 @@ def run_names(paths: Sequence[str]) -> list[str]:
     return ["/".join(x) for x in parts]
 
 
+def source_names(sources: Sequence[RunSource]) -> list[str]:
+    """Short distinct names of runs: :func:`run_names` of their log dirs, with ``:namespace`` for a
+    namespace other than the default one."""
+    names = run_names([s.log_dir for s in sources])
+    return [n if s.namespace == DEFAULT_NAMESPACE else f"{n}:{s.namespace}" for n, s in zip(names, sources)]
+
+
 def parse_steps(spec: str, steps: Sequence[int], peak: int | None = None) -> list[int]:
     """Indices of the analyses a spec picks: ``first``, ``last``, ``peak``, ``all`` or step numbers, comma-separated.
 
