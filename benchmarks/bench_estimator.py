@@ -1,8 +1,8 @@
-"""Issue 2's benchmark, run by hand: the package's estimator against the authors' loop, Captum and the floor.
+"""The estimator benchmark, run by hand: the package's estimator against the authors' loop, Captum and the floor.
 
 Every measurement runs in its own process (``python benchmarks/bench_estimator.py <job> ...``) so that
 the peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``) belongs to that job alone; each job writes one
-JSON file (and the sigma tensors it produced, ``.pt``) into ``benchmarks/results/raw/``.
+JSON file (and the sigma tensors it produced, ``.pt``) into ``benchmarks/results/raw/`` (git-ignored).
 ``python benchmarks/bench_estimator.py report`` reads them and writes ``benchmarks/results/*.json``.
 ``benchmarks/run_all.sh`` lists the exact sequence of jobs.
 
