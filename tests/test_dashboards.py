@@ -103,6 +103,7 @@ def tensorboard(logdir: str, log_path: str) -> Iterator[tuple[str, subprocess.Po
                 proc.wait(timeout=10)
 
 
+@pytest.mark.integration
 def test_tensorboard_server_serves_infoflow_scalars_layout_and_images(tb_run, tmp_path):
     with tensorboard(tb_run["logdir"], str(tmp_path / "tensorboard.log")) as (base, proc):
         expected_tags = {f"infoflow/{m}/{layer}" for m in ("information", "entropy", "effective_words", "loss")
@@ -171,6 +172,7 @@ window.addEventListener('load', function () {
 </script>"""
 
 
+@pytest.mark.browser
 def test_html_report_renders_in_headless_chromium(tb_run, tmp_path):
     chromium = _chromium()
     out = tmp_path / "report"

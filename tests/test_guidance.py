@@ -11,12 +11,7 @@ import pytest
 import torch
 
 from lightning_infoflow import InfoFlowResult
-
-from lightning_infoflow.reporting import figures
-
 from lightning_infoflow.analysis import guidance
-
-from lightning_infoflow.reporting import runs as report
 from lightning_infoflow.analysis.guidance import (
     Finding,
     collapse_finding,
@@ -27,6 +22,8 @@ from lightning_infoflow.analysis.guidance import (
     stop_word_ratio,
     too_little_information,
 )
+from lightning_infoflow.reporting import figures
+from lightning_infoflow.reporting import runs as report
 
 SIGMA_MAX = 10.0
 
