@@ -153,6 +153,18 @@ def test_declared_dependencies_parse_and_jinja2_and_torchmetrics_stay_core() -> 
     assert {"jinja2", "torchmetrics", "pyyaml", "pillow", "tqdm", "typing-extensions"} <= core
 
 
+def test_every_data_file_of_the_package_ships() -> None:
+    """Each non-Python file inside the package (type marker, concept lists, HTML templates) matches a
+    ``[tool.setuptools.package-data]`` pattern, so a wheel carries it."""
+    patterns = _pyproject()["tool"]["setuptools"]["package-data"]["lightning_infoflow"]
+    data = [p for p in PACKAGE.rglob("*") if p.is_file() and p.suffix not in (".py", ".pyc")
+            and "__pycache__" not in p.parts]
+    assert any(p.name == "py.typed" for p in data)
+    left_out = [str(p.relative_to(PACKAGE)) for p in data
+                if not any(p.relative_to(PACKAGE).match(pattern) for pattern in patterns)]
+    assert not left_out, f"add these to [tool.setuptools.package-data] in pyproject.toml: {left_out}"
+
+
 def test_version_is_written_once_and_read_by_setuptools() -> None:
     """pyproject.toml reads the version from ``lightning_infoflow.__version__`` instead of repeating it."""
     config = _pyproject()
