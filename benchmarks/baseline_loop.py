@@ -1,7 +1,7 @@
 """The authors' published estimator, written as a plain loop: one sentence and one layer at a time.
 
-This is the baseline of issue 2's benchmark, re-implemented from the description of the authors' code
-(Guan et al., ICML 2019, ``Interpreter``):
+This is the baseline of the estimator benchmark (``bench_estimator.py``), re-implemented from the description
+of the authors' code (Guan et al., ICML 2019, ``Interpreter``):
 
 * ``sigma = scale * sigmoid(ratio)``, one ``ratio`` per word, ``ratio ~ N(0, 1)`` at the start;
 * ``scale = 10 x std`` of the word-embedding weights;

@@ -1,8 +1,8 @@
-"""Issue 2's benchmark, run by hand: the package's estimator against the authors' loop, Captum and the floor.
+"""The estimator benchmark, run by hand: the package's estimator against the authors' loop, Captum and the floor.
 
 Every measurement runs in its own process (``python benchmarks/bench_estimator.py <job> ...``) so that
 the peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``) belongs to that job alone; each job writes one
-JSON file (and the sigma tensors it produced, ``.pt``) into ``benchmarks/results/raw/``.
+JSON file (and the sigma tensors it produced, ``.pt``) into ``benchmarks/results/raw/`` (git-ignored).
 ``python benchmarks/bench_estimator.py report`` reads them and writes ``benchmarks/results/*.json``.
 ``benchmarks/run_all.sh`` lists the exact sequence of jobs.
 
@@ -156,7 +156,7 @@ def job_floor(args: argparse.Namespace) -> None:
                     h.remove()
 
     full = [n_layers] * (n_layers * per_layer)
-    trunc = [l + 1 for l in range(n_layers) for _ in range(per_layer)]
+    trunc = [layer + 1 for layer in range(n_layers) for _ in range(per_layer)]
     out: dict[str, Any] = {}
     for name, plan in (("full", full), ("truncated", trunc)):
         reps = []
@@ -255,8 +255,9 @@ def _reference(prefix: str) -> tuple[Tensor, Tensor, dict[str, Any]] | None:
     sig = torch.stack([r[1]["sigma"] for r in runs])
     mask = runs[0][1]["mask"]
     ref = sig.log().mean(0).exp()
-    info: dict[str, Any] = {"rows": runs[0][0]["rows"], "seeds": len(runs), "steps": runs[0][0]["steps"], "samples": runs[0][0]["samples"],
-                            "lr": runs[0][0]["lr"], "cpu_s": [r[0]["cpu_s"] for r in runs],
+    first = runs[0][0]
+    info: dict[str, Any] = {"rows": first["rows"], "seeds": len(runs), "steps": first["steps"],
+                            "samples": first["samples"], "lr": first["lr"], "cpu_s": [r[0]["cpu_s"] for r in runs],
                             "wall_s": [r[0]["wall_s"] for r in runs]}
     if len(runs) > 1:
         info["seed_to_seed"] = C.rel_errors(sig[1], sig[0], mask)
@@ -293,7 +294,8 @@ def job_report(args: argparse.Namespace) -> None:
             summary["machine"] = rec["machine"]
             lr = "" if rec["lr"] == 0.1 else f",lr={rec['lr']}"
             grid[f"steps={rec['steps']},samples={rec['samples']}{lr}"] = dict(
-                steps=rec["steps"], samples=rec["samples"], lr=rec["lr"], quality=_quality(ten["sigma"], ref, mask), **_timing(rec))
+                steps=rec["steps"], samples=rec["samples"], lr=rec["lr"], quality=_quality(ten["sigma"], ref, mask),
+                **_timing(rec))
         out["grid_ref_rows"] = grid
         # baseline: one process per sentence (or per sentence and layer), merged in the reference's order
         parts = [_raw(Path(pth).stem) for pth in sorted(glob.glob(str(RAW / f"baseline_{model}_s*.json")))]
@@ -321,7 +323,8 @@ def job_report(args: argparse.Namespace) -> None:
             how = [["-"] * len(rows) for _ in range(n_layers)]
             for rec, _ in parts:
                 for li in rec.get("layers", list(range(n_layers))):
-                    cpu_layer[li, rows.index(rec["sentences"][0])] = rec["cpu_s"] / len(rec.get("layers", range(n_layers)))
+                    per_layer_cpu = rec["cpu_s"] / len(rec.get("layers", range(n_layers)))
+                    cpu_layer[li, rows.index(rec["sentences"][0])] = per_layer_cpu
                     how[li][rows.index(rec["sentences"][0])] = "measured 5000 steps"
             for q in short:
                 if q is None:
@@ -358,17 +361,17 @@ def job_report(args: argparse.Namespace) -> None:
             rec, ten = _raw(Path(path).stem)  # type: ignore[misc]
             timed[f"steps={rec['steps']},samples={rec['samples']}"] = dict(
                 steps=rec["steps"], samples=rec["samples"], copies=rec["copies"], chunk_size=rec["chunk_size"],
-                steps_run=rec["steps_run"], quality_ref_rows=_quality(ten["sigma"], ref, mask, out["reference"]["rows"]),
-                **_timing(rec))
+                steps_run=rec["steps_run"],
+                quality_ref_rows=_quality(ten["sigma"], ref, mask, out["reference"]["rows"]), **_timing(rec))
         out["timed_32"] = timed
         # 32-sentence cost of a grid setting not timed on 32 sentences: closed form + steps x one step
         # (same samples), one step = (t(5 or 10 steps) - t(0 steps)) / steps, all measured on 32 sentences
         step_cost: dict[int, float] = {}
-        for k, v in timed.items():
+        for v in timed.values():
             t0 = timed.get(f"steps=0,samples={v['samples']}")
             if v["steps"] > 0 and t0:
                 step_cost[v["samples"]] = (v["cpu_s"] - t0["cpu_s"]) / v["steps"]
-        for k, g in out["grid_ref_rows"].items():
+        for g in out["grid_ref_rows"].values():
             t0 = timed.get(f"steps=0,samples={g['samples']}")
             if g["samples"] in step_cost and t0:
                 g["projected_32_cpu_s"] = t0["cpu_s"] + g["steps"] * step_cost[g["samples"]]
@@ -385,12 +388,15 @@ def job_report(args: argparse.Namespace) -> None:
                                                               ref[lays][:, brows], mask[brows])
                 cands[f"{k} (timed)"] = (v["quality_on_baseline_cells"]["median"], v["cpu_s"])
             for k, g in out["grid_ref_rows"].items():
-                rec, ten = _raw(f"grid_{model}_st{g['steps']}_sa{g['samples']}" + ("" if g["lr"] == 0.1 else f"_lr{g['lr']}"))  # type: ignore[misc]
-                g["quality_on_baseline_cells"] = C.rel_errors(ten["sigma"][lays][:, brows], ref[lays][:, brows], mask[brows])
+                lr_tag = "" if g["lr"] == 0.1 else f"_lr{g['lr']}"
+                rec, ten = _raw(f"grid_{model}_st{g['steps']}_sa{g['samples']}{lr_tag}")  # type: ignore[misc]
+                g["quality_on_baseline_cells"] = C.rel_errors(ten["sigma"][lays][:, brows], ref[lays][:, brows],
+                                                              mask[brows])
                 if "projected_32_cpu_s" in g:
                     cands[f"{k} (grid quality, projected 32-sentence cost)"] = (
                         g["quality_on_baseline_cells"]["median"], g["projected_32_cpu_s"])
-            out["candidates_on_baseline_cells"] = {k: {"median_rel_err": q, "cpu_s_32": c} for k, (q, c) in cands.items()}
+            out["candidates_on_baseline_cells"] = {k: {"median_rel_err": q, "cpu_s_32": c}
+                                                   for k, (q, c) in cands.items()}
             ok = {k: v for k, v in cands.items() if v[0] <= base_err}
             if ok:
                 best = min(ok, key=lambda k: ok[k][1])
@@ -412,7 +418,8 @@ def job_report(args: argparse.Namespace) -> None:
                 samples=4, copies=f["copies"], step_cpu_s=step_cpu, step_wall_s=step_wall,
                 floor_truncated_cpu_s=f["truncated"]["cpu_s"], floor_full_cpu_s=f["full"]["cpu_s"],
                 floor_truncated_wall_s=f["truncated"]["wall_s"], floor_full_wall_s=f["full"]["wall_s"],
-                ratio_to_truncated_cpu=step_cpu / f["truncated"]["cpu_s"], ratio_to_full_cpu=step_cpu / f["full"]["cpu_s"],
+                ratio_to_truncated_cpu=step_cpu / f["truncated"]["cpu_s"],
+                ratio_to_full_cpu=step_cpu / f["full"]["cpu_s"],
                 floor_peak_rss_mib=f["peak_rss_mib"])
         caps = sorted(glob.glob(str(RAW / f"captum_{model}*.json")))
         if caps:
@@ -441,7 +448,8 @@ def job_report(args: argparse.Namespace) -> None:
         for path in sorted(glob.glob(str(RAW / "ftwarm_minilm_*.json"))):
             rec, ten = _raw(Path(path).stem)  # type: ignore[misc]
             runs[Path(path).stem] = dict(init=rec["init"], steps=rec["steps"], samples=rec["samples"],
-                                         quality_ref_rows=_quality(ten["sigma"], ref, mask, info["rows"]), **_timing(rec))
+                                         quality_ref_rows=_quality(ten["sigma"], ref, mask, info["rows"]),
+                                         **_timing(rec))
         warm["warm_32"] = runs
         summary["warm_start"] = warm
     C.write_json(C.RESULTS / "summary.json", summary)
@@ -491,7 +499,7 @@ def _tables(summary: dict[str, Any]) -> str:
                   "same setting on 32 sentences from the measured closed-form time + steps x measured step time):", "",
                   "| steps | samples | lr | median rel. err | p90 | per layer | err on baseline cells | CPU s | "
                   "projected 32-sentence CPU s |", "|---|---|---|---|---|---|---|---|---|"]
-        for key, g in sorted(out["grid_ref_rows"].items(), key=lambda kv: (kv[1]["steps"], kv[1]["samples"])):
+        for g in sorted(out["grid_ref_rows"].values(), key=lambda g: (g["steps"], g["samples"])):
             q = g["quality"]
             lines.append(f"| {g['steps']} | {g['samples']} | {g['lr']} | {_f(q['median'])} | {_f(q['p90'])} | "
                          f"{' '.join(_f(v, '{:.2f}') for v in q['per_layer'])} | "
@@ -500,7 +508,8 @@ def _tables(summary: dict[str, Any]) -> str:
         if "cheapest_at_baseline_quality" in out:
             c = out["cheapest_at_baseline_quality"]
             lines += ["", f"Cheapest setting at the baseline's quality or better (on the baseline's own cells, "
-                      f"sentences {out['baseline']['sentences']} x layers {out['baseline']['quality_layers']}): **{c['setting']}** "
+                      f"sentences {out['baseline']['sentences']} x layers {out['baseline']['quality_layers']}): "
+                      f"**{c['setting']}** "
                       f"(error {_f(c['quality_on_baseline_cells'])} vs baseline {_f(c['baseline_quality'])}), "
                       f"{_f(c['cpu_s'])} CPU s for 32 sentences: **{_f(c['speedup_cpu'], '{:.0f}')}x** "
                       "fewer CPU seconds than the baseline extrapolated to 32 sentences."]

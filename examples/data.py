@@ -98,8 +98,8 @@ class WordTokenizer:
         max_size: Optional[int] = 20000,
         add_cls: bool = False,
         max_length: Optional[int] = None,
-    ) -> "WordTokenizer":
-        """Vocabulary of the words seen at least ``min_freq`` times, the ``max_size`` most frequent (specials included)."""
+    ) -> WordTokenizer:
+        """Vocabulary of the words seen at least ``min_freq`` times, the ``max_size`` most frequent (with specials)."""
         counts = Counter(w for s in sentences for w in cls.split(s))
         words = sorted((w for w, c in counts.items() if c >= min_freq), key=lambda w: (-counts[w], w))
         if max_size is not None:
@@ -149,7 +149,7 @@ class WordTokenizer:
         return {"vocab": self.vocab, "add_cls": self.add_cls, "max_length": self.max_length}
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, Any]) -> "WordTokenizer":
+    def from_state_dict(cls, state: dict[str, Any]) -> WordTokenizer:
         return cls(state["vocab"], add_cls=state["add_cls"], max_length=state["max_length"])
 
 

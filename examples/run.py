@@ -26,7 +26,8 @@ import sys
 import time
 from typing import Optional
 
-ANALYSES = ("timestamps", "layers", "regularization", "words", "sentence", "attributes", "dynamics", "accuracy", "train")
+ANALYSES = ("timestamps", "layers", "regularization", "words", "sentence", "attributes", "dynamics", "accuracy",
+            "train")
 
 
 def main(argv: Optional[list[str]] = None) -> dict:

@@ -155,6 +155,8 @@ class Seq2SeqAttention(nn.Module):
 class WeightedSum(nn.Module):
     """``Phi(x) = sum_i a_i x_i``: a fixed linear combination of the word vectors, ``[B, T, K] -> [B, K]``."""
 
+    a: Tensor
+
     def __init__(self, coefficients: Tensor) -> None:
         super().__init__()
         self.register_buffer("a", coefficients.float())

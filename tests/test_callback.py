@@ -14,13 +14,12 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger, WandbLogger
+from lit_helpers import TinyClassifier, loaders, make_data, probe_ids
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader
 
 from lightning_infoflow import InfoFlowCallback, InfoFlowResult
 from lightning_infoflow.lightning.callback import log_spaced_steps
-
-from lit_helpers import TinyClassifier, loaders, make_data, probe_ids
 
 FAST = dict(steps=4, warm_steps=2, samples=2, progress=False, max_overhead=None)
 
@@ -158,8 +157,9 @@ def test_mlflow_gets_figures(tmp_path):
     logger.save_dir = str(tmp_path)
     logger.experiment_id = "0"
     logger.log_dir = None
-    from lightning_infoflow.lightning.sinks import Sinks
     from matplotlib.figure import Figure
+
+    from lightning_infoflow.lightning.sinks import Sinks
 
     fig = Figure()
     fig.subplots().plot([0, 1])
@@ -178,6 +178,7 @@ def _train_weights(tmp_path, callback: bool, **kw: Any) -> dict[str, torch.Tenso
     return {**{k: v.clone() for k, v in model.state_dict().items()}, "_rng": torch_state}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("accumulate", [1, 2])
 def test_training_is_bitwise_unchanged(tmp_path, accumulate):
     without = _train_weights(tmp_path / "a", callback=False, accumulate_grad_batches=accumulate)
@@ -343,6 +344,7 @@ def test_two_instances_have_distinct_state_keys():
     assert a.state_key != b.state_key
 
 
+@pytest.mark.slow
 def test_baselines_and_attributes_are_logged_and_saved(tmp_path):
     vocab = [f"w{i}" for i in range(50)]
     concepts = {"low": ["w1", "w2", "w3"], "high": ["w40", "w41", "w42"], "missing": ["w1", "nope"]}

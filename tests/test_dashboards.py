@@ -97,6 +97,7 @@ def tensorboard(logdir: str, log_path: str) -> Iterator[tuple[str, subprocess.Po
                 proc.wait(timeout=10)
 
 
+@pytest.mark.integration
 def test_tensorboard_server_serves_infoflow_scalars_layout_and_images(tb_run, tmp_path):
     with tensorboard(tb_run["logdir"], str(tmp_path / "tensorboard.log")) as (base, proc):
         expected_tags = {f"infoflow/{m}/{layer}" for m in ("information", "entropy", "effective_words", "loss")

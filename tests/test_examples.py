@@ -130,12 +130,14 @@ def _run(tmp_path, *argv: str) -> dict:
     return summary
 
 
+@pytest.mark.integration
 def test_timestamps_command_measures_the_reverse_diagonal(tmp_path):
     s = _run(tmp_path, "timestamps")
     assert s["seq_len"] == 4 and len(s["argmax_per_step"]) == 4 and 0.0 <= s["hit_rate"] <= 1.0
     assert s["expected_per_step"] == [3, 2, 1, 0]
 
 
+@pytest.mark.integration
 def test_layers_and_regularization_commands(tmp_path):
     s = _run(tmp_path, "layers")
     assert len(s["layer_information"]) == 4 and s["decreasing"] in (True, False)
@@ -144,6 +146,7 @@ def test_layers_and_regularization_commands(tmp_path):
     assert all(r["last_layer_information"] > 0 for r in s["runs"])
 
 
+@pytest.mark.integration
 def test_words_sentence_accuracy_commands(tmp_path):
     s = _run(tmp_path, "words", "--models", "lstm", "cnn")
     assert set(s["stop_word_fraction"]) == {"lstm", "cnn"}
@@ -157,6 +160,7 @@ def test_words_sentence_accuracy_commands(tmp_path):
     assert set(s["results"]["cnn"]) == {"sst2", "cola"} and "| cnn |" in s["table"]
 
 
+@pytest.mark.integration
 def test_dynamics_command_reads_the_callback_results(tmp_path):
     s = _run(tmp_path, "dynamics", "--models", "lstm", "--every", "1")
     lstm = s["models"]["lstm"]
@@ -177,6 +181,7 @@ def test_word_positions_finds_whole_words_and_word_pieces():
         word_positions(["and", "[UNK]"], "unhappiness")
 
 
+@pytest.mark.integration
 def test_attributes_command_handles_word_pieces(tmp_path):
     s = _run(tmp_path, "attributes", "--models", "bert", "lstm", "--num-random", "200")
     bert, lstm = s["models"]["bert"], s["models"]["lstm"]

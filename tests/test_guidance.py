@@ -11,9 +11,7 @@ import pytest
 import torch
 
 from lightning_infoflow import InfoFlowResult
-
 from lightning_infoflow.analysis import guidance
-from lightning_infoflow.reporting import figures, logs, runs, tables
 from lightning_infoflow.analysis.guidance import (
     Finding,
     collapse_finding,
@@ -24,6 +22,7 @@ from lightning_infoflow.analysis.guidance import (
     stop_word_ratio,
     too_little_information,
 )
+from lightning_infoflow.reporting import figures, logs, runs, tables
 
 SIGMA_MAX = 10.0
 

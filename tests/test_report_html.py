@@ -77,6 +77,7 @@ window.addEventListener('load', function () {
 </script>"""
 
 
+@pytest.mark.browser
 def test_html_report_renders_in_headless_chromium(run_dir, tmp_path):
     chromium = _chromium()
     out = tmp_path / "report"

@@ -18,7 +18,6 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_infoflow import InfoFlowCallback, InfoFlowEstimator
-
 from lightning_infoflow.testing import tiny_bert
 
 # Median relative difference of sigma between float32 and bf16 autocast: measured at most 1e-4 on tiny BERTs
@@ -203,6 +202,7 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+@pytest.mark.memory
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="resident memory is read from /proc (Linux)")
 def test_two_hundred_analyses_keep_resident_memory_flat() -> None:
     model = tiny_bert(layers=2, hidden=32)

@@ -46,7 +46,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, max_steps: int, train_
     parser.add_argument("--max-length", type=int, default=50, help="truncation length in tokens")
     parser.add_argument("--train-size", type=int, default=train_size, help="random training subset (default: all)")
     parser.add_argument("--dev-size", type=int, default=None, help="random dev subset for validation (default: all)")
-    parser.add_argument("--est-steps", type=int, default=None, help="optimisation steps of the estimator after its closed-form start (default: per analysis)")
+    parser.add_argument("--est-steps", type=int, default=None,
+                        help="optimisation steps of the estimator after its closed-form start (default: per analysis)")
     parser.add_argument("--cache", default=None,
                         help="folder of trained models: reused when present, written otherwise")
     parser.add_argument("--seed", type=int, default=0)

@@ -35,7 +35,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     paper = args.paper_size and not args.tiny
     trained = common.train_classifier(args, "lstm", "sst2", out, tag="_paper" if paper else "",
                                       model_kwargs=PAPER_LSTM if paper else None)
-    sentences = probe_sentences(trained.data.dev_data[0] if trained.data.dev_data else [], 2 if args.tiny else args.probe_size)
+    dev_sentences = trained.data.dev_data[0] if trained.data.dev_data else []
+    sentences = probe_sentences(dev_sentences, 2 if args.tiny else args.probe_size)
     tok = trained.data.tokenizer
     start = time.perf_counter()
     est = InfoFlowEstimator(trained.module, layers=trained.module.infoflow_layers, steps=common.est_steps(args, 200),

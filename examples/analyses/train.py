@@ -22,8 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     out = common.prepare(args, NAME)
     paper = args.paper_size and args.model == "lstm" and not args.tiny
-    trained = common.train_classifier(args, args.model, args.task, out, weight_decay=args.weight_decay,
-                                      tag=("_paper" if paper else "") + (f"_alpha{args.weight_decay:g}" if args.weight_decay else ""), model_kwargs=PAPER_LSTM if paper else None)
+    tag = ("_paper" if paper else "") + (f"_alpha{args.weight_decay:g}" if args.weight_decay else "")
+    trained = common.train_classifier(args, args.model, args.task, out, weight_decay=args.weight_decay, tag=tag,
+                                      model_kwargs=PAPER_LSTM if paper else None)
     summary = {"analysis": NAME, "out": out, "model": args.model, "task": args.task, "val": trained.metrics,
                "train_seconds": trained.seconds}
     common.write_summary(out, summary)
