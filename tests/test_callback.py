@@ -16,13 +16,12 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger, WandbLogger
+from lit_helpers import TinyClassifier, loaders, make_data, probe_ids
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader
 
 from lightning_infoflow import AttributesHook, EstimatorConfig, InfoFlowCallback, InfoFlowResult, SaliencyHook
 from lightning_infoflow.lightning.schedule import log_spaced_steps
-
-from lit_helpers import TinyClassifier, loaders, make_data, probe_ids
 
 FAST = dict(estimator=EstimatorConfig(steps=4, warm_steps=2, samples=2), max_overhead=None)
 
@@ -455,3 +454,22 @@ def test_live_collapse_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         state.check_collapse()
+
+
+@pytest.mark.parametrize("bar", [True, False])
+def test_progress_bar_follows_the_trainers(tmp_path, monkeypatch, bar):
+    import tqdm.auto
+
+    bars = []
+    real = tqdm.auto.tqdm
+
+    def recording(*args, **kwargs):
+        bars.append(kwargs.get("desc"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", recording)
+    cb = InfoFlowCallback(probe_ids(), every_n_train_steps=100, log_spaced=False, heatmaps=0, **FAST)
+    trainer = _trainer(tmp_path, [cb], max_steps=2, enable_progress_bar=bar)
+    tl, vl = loaders()
+    trainer.fit(TinyClassifier(), tl, vl)
+    assert [d for d in bars if d and d.startswith("infoflow")] == (["infoflow step 0", "infoflow step 2"] if bar else [])

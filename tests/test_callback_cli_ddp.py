@@ -13,10 +13,9 @@ import pytest
 import torch
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
+from lit_helpers import TinyClassifier, TinyDataModule, loaders, probe_ids
 
 from lightning_infoflow import EstimatorConfig, InfoFlowCallback
-
-from lit_helpers import TinyClassifier, TinyDataModule, loaders, probe_ids
 
 
 def test_configured_from_yaml(tmp_path):

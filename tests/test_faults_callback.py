@@ -19,22 +19,21 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from lit_helpers import TinyClassifier, loaders, probe_ids
 from matplotlib.figure import Figure
 
 from lightning_infoflow import EstimatorConfig, InfoFlowCallback, InfoFlowEstimator, InfoFlowResult
 from lightning_infoflow.testing import TransformerClassifier
 
-from lit_helpers import TinyClassifier, loaders, probe_ids
-
-FAST = dict(estimator=EstimatorConfig(steps=3, warm_steps=1, samples=2), max_overhead=None)
+FAST: dict[str, Any] = {"estimator": EstimatorConfig(steps=3, warm_steps=1, samples=2), "max_overhead": None}
 
 
 def _trainer(tmp_path: Any, callbacks: list, **kw: Any) -> L.Trainer:
-    defaults: dict[str, Any] = dict(
-        max_steps=6, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-        logger=CSVLogger(tmp_path), default_root_dir=tmp_path, callbacks=callbacks, num_sanity_val_steps=0,
-        limit_val_batches=0,
-    )
+    defaults: dict[str, Any] = {
+        "max_steps": 6, "enable_progress_bar": False, "enable_model_summary": False, "enable_checkpointing": False,
+        "logger": CSVLogger(tmp_path), "default_root_dir": tmp_path, "callbacks": callbacks,
+        "num_sanity_val_steps": 0, "limit_val_batches": 0,
+    }
     defaults.update(kw)
     return L.Trainer(**defaults)
 
@@ -53,6 +52,11 @@ class _StepCounter(L.Callback):
 
     def on_train_batch_start(self, *args: Any) -> None:
         self.started += 1
+
+
+def _logged_steps(log_dir: str, key: str) -> list[int]:
+    with open(os.path.join(log_dir, "metrics.csv")) as f:
+        return [int(r["step"]) for r in csv.DictReader(f) if r.get(key)]
 
 
 def _disk_full(save_fn: Any, is_full: Any) -> Any:
@@ -132,8 +136,7 @@ def test_disk_full_mid_run_is_a_warning_and_leaves_no_partial_file(tmp_path, mon
     assert InfoFlowResult.load(os.path.join(results, "step_00000010.pt")).meta["step"] == 10
     images = sorted(os.listdir(os.path.join(logger.log_dir, "infoflow", "images")))
     assert images and all(name.endswith(("_step00000000.png", "_step00000010.png")) for name in images)
-    rows = list(csv.DictReader(open(os.path.join(logger.log_dir, "metrics.csv"))))
-    assert [int(r["step"]) for r in rows if r.get("infoflow/information/model.rnns.0")] == [0, 5, 10]
+    assert _logged_steps(logger.log_dir, "infoflow/information/model.rnns.0") == [0, 5, 10]
 
 
 class DiskFullOnRankZero(InfoFlowCallback):
@@ -153,8 +156,7 @@ def test_ddp_write_failure_on_rank_zero_kills_and_hangs_no_rank(tmp_path):
     trainer = _trainer(tmp_path, [cb], logger=logger, strategy="ddp_spawn", accelerator="cpu", devices=2)
     _fit(trainer)  # an exception or a hang here would be the bug
     log_dir = os.path.join(tmp_path, "ddp", "version_0")
-    rows = list(csv.DictReader(open(os.path.join(log_dir, "metrics.csv"))))
-    assert [int(r["step"]) for r in rows if r.get("infoflow/information/model.rnns.0")] == [0, 3, 6]
+    assert _logged_steps(log_dir, "infoflow/information/model.rnns.0") == [0, 3, 6]
     assert sorted(os.listdir(os.path.join(log_dir, "infoflow", "results"))) == ["step_00000000.pt", "step_00000006.pt"]
 
 
@@ -173,7 +175,7 @@ def test_sigint_during_an_analysis_is_analysed_again_after_resume(tmp_path, monk
 
     monkeypatch.setattr(InfoFlowEstimator, "estimate", interrupted_at_step_six)
     handler = signal.getsignal(signal.SIGINT)
-    kw = dict(every_n_train_steps=3, log_spaced=False, at_end=False, **FAST)
+    kw = {"every_n_train_steps": 3, "log_spaced": False, "at_end": False, **FAST}
     cb = InfoFlowCallback(probe_ids(), **kw)
     trainer = _trainer(tmp_path, [cb, OnExceptionCheckpoint(tmp_path / "ckpt")], max_steps=9, enable_checkpointing=True)
     try:
@@ -200,7 +202,7 @@ def test_failed_analysis_is_analysed_again_after_resume(tmp_path, monkeypatch):
         return estimate(self, batch, **kw)
 
     monkeypatch.setattr(InfoFlowEstimator, "estimate", fails_once)
-    kw = dict(every_n_train_steps=4, log_spaced=False, at_end=False, **FAST)
+    kw = {"every_n_train_steps": 4, "log_spaced": False, "at_end": False, **FAST}
     cb = InfoFlowCallback(probe_ids(), **kw)
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=4, save_top_k=-1)
     with pytest.warns(UserWarning, match="analysis at step 4 failed"):
@@ -230,10 +232,10 @@ def test_two_callbacks_in_one_trainer_keep_their_own_namespace(tmp_path):
         assert result.layer_names == [layer] and result.sigma.shape[1] == sentences
         assert result.meta["name"] == cb.name and result.meta["run_id"] == cb.state.run_id
         assert glob.glob(os.path.join(logger.log_dir, cb.name, "images", f"{cb.name}__heatmap__sentence_0_*.png"))
-    rows = list(csv.DictReader(open(os.path.join(logger.log_dir, "metrics.csv"))))
     for key in ("lower/information/model.rnns.0", "upper/information/model.rnns.1"):
-        assert [int(r["step"]) for r in rows if r.get(key)] == [0, 3, 6]  # each value once per step
-    assert not any(key.startswith("infoflow/") for key in rows[0])
+        assert _logged_steps(logger.log_dir, key) == [0, 3, 6]  # each value once per step
+    with open(os.path.join(logger.log_dir, "metrics.csv")) as f:
+        assert not any(key.startswith("infoflow/") for key in next(csv.reader(f)))
     state = torch.load(glob.glob(str(tmp_path / "ckpt" / "*.ckpt"))[0], weights_only=True)["callbacks"]
     keys = [k for k in state if k.startswith("InfoFlowCallback")]
     assert len(keys) == 2 and {state[k]["layer_names"][0] for k in keys} == {"model.rnns.0", "model.rnns.1"}
@@ -252,7 +254,7 @@ def test_two_callbacks_with_one_name_fail_at_setup(tmp_path):
 
 
 def test_run_id_in_every_result_and_kept_on_resume(tmp_path):
-    kw = dict(every_n_train_steps=2, log_spaced=False, at_end=False, heatmaps=0, **FAST)
+    kw = {"every_n_train_steps": 2, "log_spaced": False, "at_end": False, "heatmaps": 0, **FAST}
     cb = InfoFlowCallback(probe_ids(), **kw)
     logger = CSVLogger(tmp_path, name="first")
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1)

@@ -55,7 +55,8 @@ class InfoFlowCallback(Callback):
     Args:
         probe: token ids ``[B, T]``, a dict batch with ``input_ids``, a list of strings (with ``tokenizer``),
             a text file's path or a Dataset/DataLoader (its first ``num_sentences`` examples).
-        tokenizer: a Hugging Face tokenizer or a callable ``list[str] -> ids``; also labels the words.
+        tokenizer: a Hugging Face tokenizer, a callable ``list[str] -> ids``, or a local Hugging Face tokenizer
+            folder (for YAML); also labels the words.
         max_length: cut every probe sentence to this many tokens (for models with fewer positions).
         num_sentences: probe size when the probe is a dataset, and a cap otherwise.
         layers: module names, glob patterns or ``"auto"`` (see :class:`~lightning_infoflow.InfoFlowEstimator`).
@@ -93,7 +94,7 @@ class InfoFlowCallback(Callback):
     def __init__(
         self,
         probe: ProbeLike,
-        tokenizer: Optional[Callable[..., Any]] = None,
+        tokenizer: Optional[Union[str, Callable[..., Any]]] = None,
         max_length: Optional[int] = None,
         num_sentences: Optional[int] = 16,
         layers: Union[str, Sequence[str]] = "auto",
@@ -182,7 +183,7 @@ class InfoFlowCallback(Callback):
             self.probe, self.tokenizer, self._estimator, num_sentences=self.num_sentences, max_length=self.max_length
         )
         for hook in self.hooks:
-            hook.setup(self._estimator, self._probe, self.tokenizer)
+            hook.setup(self._estimator, self._probe, self.tokenizer if callable(self.tokenizer) else None)
         problem = ""
         if trainer.is_global_zero:
             try:
