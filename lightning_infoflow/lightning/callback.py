@@ -85,6 +85,7 @@ class InfoFlowCallback(Callback):
     Example::
 
         >>> import lightning.pytorch as L
+        >>> import torch
         >>> from lightning.pytorch.loggers import CSVLogger
         >>> cb = InfoFlowCallback(probe=torch.randint(0, 100, (4, 12)), every_n_train_steps=200,
         ...                       estimator=EstimatorConfig(steps=10))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 from torch import Tensor
 
@@ -12,7 +12,7 @@ from lightning_infoflow.core.probe import Probe, ProbeLike, build_probe
 
 def build_checked_probe(
     source: ProbeLike,
-    tokenizer: Optional[Callable[..., Any]],
+    tokenizer: Optional[Union[str, Callable[..., Any]]],
     estimator: InfoFlowEstimator,
     *,
     num_sentences: Optional[int],
@@ -24,7 +24,8 @@ def build_checked_probe(
         ValueError: the probe cannot be built, or the model fails on it; when the model runs on a
             shorter probe, the message names ``max_length``.
     """
-    probe = build_probe(source, tokenizer, num_sentences=num_sentences, max_length=max_length)
+    # build_probe also loads a tokenizer given as a folder path
+    probe = build_probe(source, tokenizer, num_sentences=num_sentences, max_length=max_length)  # type: ignore[arg-type]
     if max_length is not None:
         probe = truncate(probe, max_length)
     try:
