@@ -40,7 +40,6 @@ def run(args: argparse.Namespace, mode: str) -> dict:
     if mode != "none":
         dev, _ = load_split("sst2", "dev")
         callbacks.append(InfoFlowCallback(probe=dev[:16], tokenizer=data.tokenizer, layers=model.infoflow_layers,
-                                          progress=False,
                                           max_overhead=0.1 if mode == "default" else None))
     trainer = L.Trainer(max_steps=args.max_steps, logger=CSVLogger(args.logs, name=mode), callbacks=callbacks,
                         limit_val_batches=0, enable_checkpointing=False, enable_progress_bar=False,
@@ -54,7 +53,7 @@ def run(args: argparse.Namespace, mode: str) -> dict:
         with open(os.path.join(trainer.logger.log_dir, "metrics.csv")) as f:
             rows = [r for r in csv.DictReader(f) if r.get("infoflow/analysis_seconds")]
         seconds = [float(r["infoflow/analysis_seconds"]) for r in rows]
-        out.update(analyses=len(seconds), steps=cb._history_steps, skipped=cb.skipped,
+        out.update(analyses=len(seconds), steps=cb.state.steps, skipped=cb.skipped,
                    analysis_s=cb._analysis_seconds, cold_analysis_s=seconds[0],
                    warm_analysis_s_mean=sum(seconds[1:]) / max(1, len(seconds) - 1))
     return out

@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 from lightning.pytorch.loggers import CSVLogger  # noqa: E402
 from lit_helpers import TinyClassifier, loaders, probe_ids  # noqa: E402
 
-from lightning_infoflow import InfoFlowCallback, InfoFlowEstimator  # noqa: E402
+from lightning_infoflow import EstimatorConfig, InfoFlowCallback, InfoFlowEstimator  # noqa: E402
 
 
 def median_rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -46,14 +46,14 @@ def main() -> dict:
         out[f"{name}_finite"] = bool(torch.isfinite(sigma[torch.isfinite(ref)]).all())
     # the callback in 16-mixed training, analysing in float32 and in the training precision
     for precision in ("32", "training"):
-        cb = InfoFlowCallback(probe_ids(), every_n_train_steps=3, log_spaced=False, steps=5, warm_steps=2,
-                              progress=False, max_overhead=None, precision=precision)
+        cb = InfoFlowCallback(probe_ids(), every_n_train_steps=3, log_spaced=False, max_overhead=None,
+                              estimator=EstimatorConfig(steps=5, warm_steps=2, precision=precision))
         trainer = L.Trainer(accelerator="gpu", devices=1, precision="16-mixed", max_steps=6, callbacks=[cb],
                             logger=CSVLogger("/tmp/cuda_precision"), enable_progress_bar=False,
                             enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0)
         tl, vl = loaders()
         trainer.fit(TinyClassifier(), tl, vl)
-        out[f"callback_16mixed_{precision}_steps"] = cb._history_steps
+        out[f"callback_16mixed_{precision}_steps"] = cb.state.steps
         out[f"callback_16mixed_{precision}_finite"] = bool(torch.isfinite(cb.last_result.layer_information).all())
     return out
 

@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 from lightning.pytorch.loggers import CSVLogger  # noqa: E402
 from lit_helpers import TinyClassifier, loaders  # noqa: E402
 
-from lightning_infoflow import InfoFlowCallback  # noqa: E402
+from lightning_infoflow import EstimatorConfig, InfoFlowCallback  # noqa: E402
 
 
 class Threads(L.Callback):
@@ -33,7 +33,7 @@ class Threads(L.Callback):
 def analysis_seconds(devices: int, out: str) -> float:
     probe = torch.randint(1, 50, (128, 24), generator=torch.Generator().manual_seed(0))
     cb = InfoFlowCallback(probe, num_sentences=128, every_n_train_steps=1000, log_spaced=False, at_end=False,
-                          steps=50, samples=4, progress=False, log_figures=False, max_overhead=None)
+                          estimator=EstimatorConfig(steps=50, samples=4), heatmaps=0, max_overhead=None)
     trainer = L.Trainer(strategy="ddp_spawn" if devices > 1 else "auto", accelerator="cpu", devices=devices,
                         max_steps=1, logger=CSVLogger(out, name=f"d{devices}"), callbacks=[Threads(), cb],
                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> str:
         tokenizer=data.tokenizer,
         layers=model.infoflow_layers,
         every_n_train_steps=args.every,
-        max_heatmaps=4,
+        heatmaps=4,
         max_overhead=None,  # every scheduled analysis: a dense Fig. 9 curve even in a short demo
     )
     logger = TensorBoardLogger(args.out, name="sst2_lstm")

@@ -30,14 +30,24 @@ _EXPORTS = {
     "load_concepts": "lightning_infoflow.analysis.attributes",
     "word_attributes": "lightning_infoflow.analysis.attributes",
     "InfoFlowCallback": "lightning_infoflow.lightning.callback",
+    "EstimatorConfig": "lightning_infoflow.lightning.config",
+    "InfoFlowHook": "lightning_infoflow.lightning.hooks",
+    "HookOutput": "lightning_infoflow.lightning.hooks",
+    "SaliencyHook": "lightning_infoflow.lightning.hooks",
+    "AttributesHook": "lightning_infoflow.lightning.hooks",
 }
 
 __all__ = [
+    "AttributesHook",
+    "EstimatorConfig",
     "Finding",
+    "HookOutput",
     "InfoFlowCallback",
     "InfoFlowEstimator",
+    "InfoFlowHook",
     "InfoFlowResult",
     "Probe",
+    "SaliencyHook",
     "SaliencyResult",
     "WordAttributes",
     "attribute_figure",
@@ -56,6 +66,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from lightning_infoflow.core.probe import Probe, build_probe
     from lightning_infoflow.core.result import InfoFlowResult
     from lightning_infoflow.lightning.callback import InfoFlowCallback
+    from lightning_infoflow.lightning.config import EstimatorConfig
+    from lightning_infoflow.lightning.hooks import AttributesHook, HookOutput, InfoFlowHook, SaliencyHook
 
 
 def __getattr__(name: str) -> Any:

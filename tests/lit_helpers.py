@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import lightning.pytorch as L
 import torch
 from torch import nn
@@ -28,10 +30,10 @@ class TinyTextNet(nn.Module):
 
 
 class TinyClassifier(L.LightningModule):
-    def __init__(self, lr: float = 0.05, dropout: float = 0.2) -> None:
+    def __init__(self, lr: float = 0.05, dropout: float = 0.2, model: Optional[nn.Module] = None) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self.model = TinyTextNet(dropout=dropout)
+        self.save_hyperparameters(ignore=["model"])
+        self.model = model if model is not None else TinyTextNet(dropout=dropout)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import glob
+import json
 import os
-import struct
+import subprocess
+import sys
 from typing import Any
 from unittest import mock
 
@@ -18,10 +20,10 @@ from lit_helpers import TinyClassifier, loaders, make_data, probe_ids
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader
 
-from lightning_infoflow import InfoFlowCallback, InfoFlowResult
-from lightning_infoflow.lightning.callback import log_spaced_steps
+from lightning_infoflow import AttributesHook, EstimatorConfig, InfoFlowCallback, InfoFlowResult, SaliencyHook
+from lightning_infoflow.lightning.schedule import log_spaced_steps
 
-FAST = dict(steps=4, warm_steps=2, samples=2, progress=False, max_overhead=None)
+FAST = dict(estimator=EstimatorConfig(steps=4, warm_steps=2, samples=2), max_overhead=None)
 
 
 def _trainer(tmp_path, callbacks, logger=None, **kw: Any) -> L.Trainer:
@@ -35,7 +37,7 @@ def _trainer(tmp_path, callbacks, logger=None, **kw: Any) -> L.Trainer:
 
 
 def _analysed_steps(cb: InfoFlowCallback) -> list[int]:
-    return list(cb._history_steps)
+    return list(cb.state.steps)
 
 
 def test_log_spaced_steps():
@@ -78,7 +80,7 @@ def test_scalars_reach_csv_and_callback_metrics(tmp_path):
 
 
 def test_tensorboard_scalars_layout_and_images(tmp_path):
-    cb = InfoFlowCallback(probe_ids(), every_n_train_steps=6, log_spaced=False, max_heatmaps=2, **FAST)
+    cb = InfoFlowCallback(probe_ids(), every_n_train_steps=6, log_spaced=False, heatmaps=2, **FAST)
     logger = TensorBoardLogger(tmp_path)
     trainer = _trainer(tmp_path, [cb], logger=logger, max_steps=6)
     tl, vl = loaders()
@@ -99,55 +101,43 @@ def test_tensorboard_scalars_layout_and_images(tmp_path):
     assert any("^infoflow/information/.*" in c.multiline.tag for c in charts)
 
 
-def _wandb_history(run_dir: str) -> list[dict[str, str]]:
-    """Read the history records of an offline W&B run (LevelDB-log framed protobuf records)."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    data = open(glob.glob(os.path.join(run_dir, "*.wandb"))[0], "rb").read()
-    block, pos, records, buf = 32768, 7, [], b""
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:
-            pos += block - pos % block
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        pos += 7
-        if kind == 0 and length == 0:
-            break
-        chunk, pos = data[pos : pos + length], pos + length
-        if kind == 1:
-            records.append(chunk)
-        elif kind == 2:
-            buf = chunk
-        elif kind == 3:
-            buf += chunk
-        elif kind == 4:
-            records.append(buf + chunk)
-    history = []
-    for raw in records:
-        rec = pb.Record()
-        rec.ParseFromString(raw)
-        if rec.WhichOneof("record_type") == "history":
-            history.append({(i.key or "/".join(i.nested_key)): i.value_json for i in rec.history.item})
-    return history
+def _wandb_history(run_dir: str) -> list[dict[str, Any]]:
+    """History rows of an offline W&B run, read by W&B's own reader (``wandb leet inspect --json``)."""
+    (path,) = glob.glob(os.path.join(run_dir, "*.wandb"))
+    proc = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", path], capture_output=True,
+                          text=True, timeout=120, check=True)
+    records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    return [r["history"]["item"] for r in records if r.get("type") == "history"]
 
 
 def test_wandb_offline_scalars_and_images(tmp_path, monkeypatch):
     wandb = pytest.importorskip("wandb")  # installed by the [test] extra
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    cb = InfoFlowCallback(probe_ids(), every_n_train_steps=6, log_spaced=False, max_heatmaps=1, **FAST)
+    cb = InfoFlowCallback(probe_ids(), every_n_train_steps=6, log_spaced=False, heatmaps=1, **FAST)
     logger = WandbLogger(save_dir=str(tmp_path), offline=True, project="infoflow-test")
+    logged_images = []
+    real_log_image = WandbLogger.log_image
+
+    def spy(self, key, images, step=None, **kwargs):
+        logged_images.append((key, step))
+        return real_log_image(self, key, images, step=step, **kwargs)
+
+    monkeypatch.setattr(WandbLogger, "log_image", spy)
     trainer = _trainer(tmp_path, [cb], logger=logger, max_steps=6)
     tl, vl = loaders()
     trainer.fit(TinyClassifier(), tl, vl)
     run_dir = logger.experiment.dir.rsplit(os.sep, 1)[0]
     wandb.finish()
     wandb.teardown()  # flushes the offline run file
+    # figures go through WandbLogger.log_image with the analysis's step
+    assert ("infoflow/heatmap/sentence_0", 6) in logged_images and ("infoflow/curves", 0) in logged_images
     history = _wandb_history(run_dir)
     scalar_rows = [h for h in history if "infoflow/information/model.rnns.0" in h]
-    assert [int(float(h["trainer/global_step"])) for h in scalar_rows] == [0, 6]
-    image_rows = [h for h in history if "infoflow/heatmap/sentence_0/_type" in h]
-    assert len(image_rows) == 2 and "caption" in str(image_rows[0])
+    assert [int(h["trainer/global_step"]) for h in scalar_rows] == [0, 6]
+    image_rows = [h for h in history if "infoflow/heatmap/sentence_0._type" in h]
+    assert [int(h["trainer/global_step"]) for h in image_rows] == [0, 6]
+    assert image_rows[0]["infoflow/heatmap/sentence_0.captions"] == [" ".join(cb.last_result.words(0))]
     assert glob.glob(os.path.join(run_dir, "files", "media", "images", "infoflow", "heatmap", "*.png"))
 
 
@@ -163,8 +153,46 @@ def test_mlflow_gets_figures(tmp_path):
 
     fig = Figure()
     fig.subplots().plot([0, 1])
-    Sinks().log_figures([logger], {"infoflow/curves": (fig, "c")}, step=3, fallback_dir=str(tmp_path))
+    Sinks("infoflow").log_figures([logger], {"infoflow/curves": (fig, "c")}, step=3, image_dirs=[str(tmp_path)])
     logger.experiment.log_figure.assert_called_once_with("run", fig, "infoflow__curves_step00000003.png")
+    assert not glob.glob(os.path.join(tmp_path, "*.png"))
+
+
+def test_writer_registry_takes_a_users_logger(tmp_path):
+    from lightning.pytorch.loggers import Logger
+
+    from lightning_infoflow.lightning.sinks import LoggerWriter, register_writer, writer_for
+
+    class MyLogger(CSVLogger):
+        pass
+
+    class OtherLogger(Logger):  # no writer registered: the default one, with one warning
+        name, version = "other", 0
+
+        def log_metrics(self, metrics, step=None):
+            pass
+
+        def log_hyperparams(self, *args, **kwargs):
+            pass
+
+    received = []
+
+    class MyWriter(LoggerWriter):
+        writes_pngs = False
+
+        def log_figures(self, logger, figures, step, image_dir):
+            received.append((sorted(figures), step))
+
+    assert type(writer_for(MyLogger(tmp_path))) is LoggerWriter  # inherits CSVLogger's writer
+    register_writer(MyLogger, MyWriter())  # MyLogger exists in this test only
+    cb = InfoFlowCallback(probe_ids(), every_n_train_steps=100, log_spaced=False, at_end=False, heatmaps=1, **FAST)
+    trainer = _trainer(tmp_path, [cb], logger=[MyLogger(tmp_path / "mine"), OtherLogger()], max_steps=1)
+    tl, vl = loaders()
+    with pytest.warns(UserWarning, match="no writer is registered for OtherLogger"):
+        trainer.fit(TinyClassifier(), tl, vl)
+    assert received == [(["infoflow/curves", "infoflow/heatmap/sentence_0"], 0)]
+    with pytest.raises(ValueError, match="not a Logger class"):
+        register_writer(dict, MyWriter())
 
 
 def _train_weights(tmp_path, callback: bool, **kw: Any) -> dict[str, torch.Tensor]:
@@ -232,7 +260,6 @@ def test_resume_continues_without_gap_or_repeat(tmp_path):
 
 def test_failure_is_reported_and_training_continues(tmp_path):
     cb = InfoFlowCallback(probe_ids(), every_n_train_steps=2, log_spaced=False, **FAST)
-    real = cb.__class__._analyse
     original_estimate = None
     calls = {"n": 0}
 
@@ -254,7 +281,6 @@ def test_failure_is_reported_and_training_continues(tmp_path):
         trainer.fit(TinyClassifier(), tl, vl)
     assert cb.failures == 1 and trainer.global_step == 6
     assert _analysed_steps(cb) == [0, 4, 6]
-    del real
 
 
 @pytest.mark.parametrize(
@@ -285,17 +311,21 @@ def test_bad_configuration_fails_in_setup(tmp_path, kwargs, trainer_kw, match):
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "match"),
+    ("make", "match"),
     [
-        (dict(every_n_train_steps=0), "every_n_train_steps"),
-        (dict(steps=-1), "steps"),
-        (dict(samples=0), "samples"),
-        (dict(lam=0.0), "lam"),
+        (lambda: InfoFlowCallback(probe_ids(), every_n_train_steps=0), r"every_n_train_steps=0.*positive int"),
+        (lambda: InfoFlowCallback(probe_ids(), estimator=EstimatorConfig(steps=-1)), r"`steps` must be"),
+        (lambda: InfoFlowCallback(probe_ids(), estimator=EstimatorConfig(samples=0)), r"`samples` must be"),
+        (lambda: InfoFlowCallback(probe_ids(), estimator=EstimatorConfig(lam=0.0)), r"`lam` must be"),
+        (lambda: InfoFlowCallback(probe_ids(), estimator={"steps": 3}), r"estimator=.*EstimatorConfig"),
+        (lambda: InfoFlowCallback(probe_ids(), name="info flow/x"), r"name='info flow/x'"),
+        (lambda: InfoFlowCallback(probe_ids(), max_length=0), r"max_length"),
+        (lambda: InfoFlowCallback(probe_ids(), hooks=[print]), r"hooks.*InfoFlowHook"),
     ],
 )
-def test_constructor_validates(kwargs, match):
+def test_constructor_validates(make, match):
     with pytest.raises(ValueError, match=match):
-        InfoFlowCallback(probe_ids(), **kwargs)
+        make()
 
 
 def test_fast_dev_run_warns_and_stays_off(tmp_path):
@@ -339,17 +369,18 @@ def test_overhead_budget_is_projected_over_the_whole_run(tmp_path):
 
 
 def test_two_instances_have_distinct_state_keys():
-    a = InfoFlowCallback(probe_ids(), layers="model.rnns.0")
-    b = InfoFlowCallback(probe_ids(), layers="model.rnns.1")
-    assert a.state_key != b.state_key
+    a = InfoFlowCallback(probe_ids(), layers="model.rnns.0", name="lower")
+    b = InfoFlowCallback(probe_ids(), layers="model.rnns.1", name="upper")
+    assert a.state_key != b.state_key and "lower" in a.state_key and "upper" in b.state_key
+    assert InfoFlowCallback(probe_ids(), layers="model.rnns.0").state_key != InfoFlowCallback(probe_ids()).state_key
 
 
 @pytest.mark.slow
 def test_baselines_and_attributes_are_logged_and_saved(tmp_path):
     vocab = [f"w{i}" for i in range(50)]
     concepts = {"low": ["w1", "w2", "w3"], "high": ["w40", "w41", "w42"], "missing": ["w1", "nope"]}
-    cb = InfoFlowCallback(probe_ids(), every_n_train_steps=4, log_spaced=False, baselines=["gradient"],
-                          attributes=[(0, 0)], concepts=concepts, vocab=vocab, max_heatmaps=1, **FAST)
+    hooks = [SaliencyHook(methods=["gradient"], max_figures=1), AttributesHook([(0, 0)], concepts=concepts, vocab=vocab)]
+    cb = InfoFlowCallback(probe_ids(), every_n_train_steps=4, log_spaced=False, hooks=hooks, heatmaps=1, **FAST)
     logger = CSVLogger(tmp_path)
     trainer = _trainer(tmp_path, [cb], logger=logger, max_steps=4)
     tl, vl = loaders()
@@ -374,20 +405,73 @@ def test_baselines_and_attributes_are_logged_and_saved(tmp_path):
 
 def test_unknown_baseline_is_rejected():
     with pytest.raises(ValueError, match="unknown baseline method"):
-        InfoFlowCallback(probe_ids(), baselines=["saliency"])
+        SaliencyHook(methods=["saliency"])
+
+
+def test_hook_setup_errors_come_at_setup(tmp_path):
+    cb = InfoFlowCallback(probe_ids(), hooks=[AttributesHook([(9, 0)], vocab=[f"w{i}" for i in range(50)])], **FAST)
+    trainer = _trainer(tmp_path, [cb])
+    tl, vl = loaders()
+    with pytest.raises(ValueError, match="sentence 9 is not in the probe of 4"):
+        trainer.fit(TinyClassifier(), tl, vl)
+    assert trainer.global_step == 0
+
+
+def test_failing_hook_is_a_warning_and_the_information_is_still_logged(tmp_path):
+    from lightning_infoflow import HookOutput, InfoFlowHook
+
+    class Broken(InfoFlowHook):
+        def __call__(self, estimator, probe, result):
+            raise RuntimeError("hook broke")
+
+    class Norm(InfoFlowHook):
+        def __call__(self, estimator, probe, result):
+            return HookOutput(scalars={"embedding_norm": float(estimator.embedding_module.weight.norm())},
+                              data={"norm_probe_size": len(probe)})
+
+    cb = InfoFlowCallback(probe_ids(), every_n_train_steps=100, log_spaced=False, at_end=False,
+                          hooks=[Broken(), Norm()], heatmaps=0, **FAST)
+    logger = CSVLogger(tmp_path)
+    trainer = _trainer(tmp_path, [cb], logger=logger, max_steps=1)
+    tl, vl = loaders()
+    with pytest.warns(UserWarning, match="Broken at step 0 failed .*hook broke"):
+        trainer.fit(TinyClassifier(), tl, vl)
+    assert "infoflow/embedding_norm" in trainer.callback_metrics and "infoflow/information/model.rnns.0" in trainer.callback_metrics
+    data = torch.load(os.path.join(logger.log_dir, "infoflow", "results", "step_00000000.pt"), weights_only=True)
+    assert data["norm_probe_size"] == 4
 
 
 def test_live_collapse_warning():
     cb = InfoFlowCallback(probe_ids(), **FAST)
-    cb._layer_names = ["a", "b"]
-    cb._history_steps = [0, 100]
-    cb._history = [torch.tensor([50.0, 40.0]), torch.tensor([49.0, 10.0])]  # layer b loses 75%
-    cb._losses = [0.69, 0.69]  # while the loss does not improve
+    state = cb.state
+    state.layer_names = ["a", "b"]
+    state.steps = [0, 100]
+    state.history = [torch.tensor([50.0, 40.0]), torch.tensor([49.0, 10.0])]  # layer b loses 75%
+    state.losses = [0.69, 0.69]  # while the loss does not improve
     with pytest.warns(UserWarning, match="information_collapse"):
-        cb._check_collapse()
-    cb._losses = [0.69, 0.30]  # the loss improved a lot: compression, not collapse
+        state.check_collapse()
+    state.losses = [0.69, 0.30]  # the loss improved a lot: compression, not collapse
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        cb._check_collapse()
+        state.check_collapse()
+
+
+@pytest.mark.parametrize("bar", [True, False])
+def test_progress_bar_follows_the_trainers(tmp_path, monkeypatch, bar):
+    import tqdm.auto
+
+    bars = []
+    real = tqdm.auto.tqdm
+
+    def recording(*args, **kwargs):
+        bars.append(kwargs.get("desc"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", recording)
+    cb = InfoFlowCallback(probe_ids(), every_n_train_steps=100, log_spaced=False, heatmaps=0, **FAST)
+    trainer = _trainer(tmp_path, [cb], max_steps=2, enable_progress_bar=bar)
+    tl, vl = loaders()
+    trainer.fit(TinyClassifier(), tl, vl)
+    assert [d for d in bars if d and d.startswith("infoflow")] == (["infoflow step 0", "infoflow step 2"] if bar else [])

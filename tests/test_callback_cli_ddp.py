@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import glob
+import inspect
 import os
 
 import lightning.pytorch as L
@@ -13,11 +15,12 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from lit_helpers import TinyClassifier, TinyDataModule, loaders, probe_ids
 
-from lightning_infoflow import InfoFlowCallback
+from lightning_infoflow import EstimatorConfig, InfoFlowCallback
 
 
 def test_configured_from_yaml(tmp_path):
     ids = probe_ids().tolist()
+    vocab = [f"w{i}" for i in range(50)]
     config = tmp_path / "config.yaml"
     config.write_text(
         f"""
@@ -37,19 +40,52 @@ trainer:
         layers: ["model.rnns.*"]
         every_n_train_steps: 2
         log_spaced: false
-        steps: 3
-        warm_steps: 1
-        samples: 2
-        progress: false
         max_overhead: null
+        name: yaml_probe
+        heatmaps: 1
+        estimator:
+          steps: 3
+          warm_steps: 1
+          samples: 2
+          position: [0, -1]
+          seed: 5
+        hooks:
+          - class_path: lightning_infoflow.SaliencyHook
+            init_args:
+              methods: [gradient]
+              max_figures: 1
+          - class_path: lightning_infoflow.AttributesHook
+            init_args:
+              words: [[0, 1]]
+              concepts: {{low: [w1, w2, w3], high: [w40, w41]}}
+              vocab: {vocab}
 """
     )
     cli = LightningCLI(TinyClassifier, TinyDataModule, run=False, args=["--config", str(config)])
     (cb,) = [c for c in cli.trainer.callbacks if isinstance(c, InfoFlowCallback)]
-    assert cb.every_n_train_steps == 2 and cb.layers == ["model.rnns.*"]
+    assert cb.every_n_train_steps == 2 and cb.layers == ["model.rnns.*"] and cb.name == "yaml_probe"
+    assert cb.estimator == EstimatorConfig(steps=3, warm_steps=1, samples=2, position=(0, -1), seed=5)
+    assert [type(h).__name__ for h in cb.hooks] == ["SaliencyHook", "AttributesHook"]
+    assert cb.hooks[0].methods == ["gradient"] and cb.hooks[1].words == [(0, 1)]
+    names = inspect.signature(InfoFlowCallback).parameters
+    arguments = {k: copy.deepcopy(getattr(cb, k)) for k in names if k != "hooks"}
     cli.trainer.fit(cli.model, cli.datamodule)
-    assert cb._history_steps == [0, 2, 3]
+    assert cb.state.steps == [0, 2, 3]
     assert torch.equal(cb._probe.input_ids, probe_ids())
+    assert {k: getattr(cb, k) for k in names if k != "hooks"} == arguments  # setup rewrote no argument
+    assert cb.hooks[1].concepts == {"low": ["w1", "w2", "w3"], "high": ["w40", "w41"]} and cb.hooks[1].vocab == vocab
+    results = sorted(glob.glob(os.path.join(cli.trainer.logger.log_dir, "yaml_probe", "results", "*.pt")))
+    data = torch.load(results[-1], weights_only=True)
+    assert data["layer_names"] == ["model.rnns.0@0", "model.rnns.0@-1", "model.rnns.1@0", "model.rnns.1@-1"]
+    assert data["baselines"]["gradient"].shape == data["sigma"].shape and data["meta"]["name"] == "yaml_probe"
+    assert len(data["attributes"]) == 1 and "yaml_probe/attribute/s0w1/low/model.rnns.0@0" in cb_metrics(cli)
+
+
+def cb_metrics(cli: LightningCLI) -> list[str]:
+    return list(cli.trainer.callback_metrics)
+
+
+FAST = EstimatorConfig(steps=3, warm_steps=1, samples=2)
 
 
 class FailOnRankOne(InfoFlowCallback):
@@ -89,7 +125,7 @@ def _logged_steps(log_dir):
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed support")
 @pytest.mark.parametrize("mode", ["split", "rank_zero"])
 def test_ddp_two_processes_logs_each_analysis_once(tmp_path, mode):
-    kw = dict(every_n_train_steps=3, log_spaced=False, steps=20, warm_steps=1, samples=4, progress=False,
+    kw = dict(every_n_train_steps=3, log_spaced=False, estimator=EstimatorConfig(steps=20, warm_steps=1, samples=4),
               max_overhead=None)
     ddp_dir = _ddp_fit(tmp_path, "ddp", InfoFlowCallback(probe_ids(), distributed=mode, **kw))
     assert _logged_steps(ddp_dir) == [0, 3, 6]
@@ -113,8 +149,7 @@ def test_ddp_two_processes_logs_each_analysis_once(tmp_path, mode):
 @pytest.mark.ddp
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed support")
 def test_ddp_failure_on_one_rank_is_known_to_all_and_training_continues(tmp_path):
-    cb = FailOnRankOne(probe_ids(), every_n_train_steps=3, log_spaced=False, steps=3, warm_steps=1, samples=2,
-                       progress=False, max_overhead=None)
+    cb = FailOnRankOne(probe_ids(), every_n_train_steps=3, log_spaced=False, estimator=FAST, max_overhead=None)
     log_dir = _ddp_fit(tmp_path, "fail", cb)  # a hang here would be the bug
     assert _logged_steps(log_dir) == [0, 6]
 
@@ -124,8 +159,7 @@ def test_ddp_failure_on_one_rank_is_known_to_all_and_training_continues(tmp_path
 def test_ddp_resume_continues_without_gap_or_repeat(tmp_path):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    kw = dict(every_n_train_steps=3, log_spaced=False, at_end=False, steps=3, warm_steps=1, samples=2,
-              progress=False, max_overhead=None)
+    kw = dict(every_n_train_steps=3, log_spaced=False, at_end=False, estimator=FAST, max_overhead=None)
 
     def fit(name, max_steps, ckpt_path=None):
         logger = CSVLogger(tmp_path, name=name)

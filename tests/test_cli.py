@@ -19,13 +19,13 @@ from click.testing import CliRunner, Result
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lit_helpers import TinyClassifier, loaders, probe_ids
 
-from lightning_infoflow import InfoFlowCallback, InfoFlowResult
+from lightning_infoflow import EstimatorConfig, InfoFlowCallback, InfoFlowResult
 from lightning_infoflow.cli import main
 from lightning_infoflow.reporting.logs import read_scalars
 from lightning_infoflow.reporting.matching import match_probes
 from lightning_infoflow.reporting.runs import load_run
 
-FAST = dict(steps=3, warm_steps=1, samples=1, progress=False, max_heatmaps=0, log_figures=False, max_overhead=None)
+FAST = dict(estimator=EstimatorConfig(steps=3, warm_steps=1, samples=1), heatmaps=0, max_overhead=None)
 
 
 def invoke(*args: str) -> Result:

@@ -26,7 +26,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lit_helpers import TinyClassifier, loaders, probe_ids
 from PIL import Image
 
-from lightning_infoflow import InfoFlowCallback, InfoFlowResult
+from lightning_infoflow import EstimatorConfig, InfoFlowCallback, InfoFlowResult
 
 LAYERS = ("model.rnns.0", "model.rnns.1")
 
@@ -36,8 +36,8 @@ def tb_run(tmp_path_factory) -> dict[str, Any]:
     """A TensorBoard log dir written by the callback: scalars, custom-scalars layout, heatmaps and curves."""
     root = tmp_path_factory.mktemp("tb")
     torch.manual_seed(0)
-    cb = InfoFlowCallback(probe_ids(), every_n_train_steps=3, steps=3, warm_steps=1, samples=1, max_heatmaps=2,
-                          progress=False, max_overhead=None)
+    cb = InfoFlowCallback(probe_ids(), every_n_train_steps=3, estimator=EstimatorConfig(steps=3, warm_steps=1, samples=1),
+                          heatmaps=2, max_overhead=None)
     logger = TensorBoardLogger(str(root), name="tiny")
     trainer = L.Trainer(max_steps=6, logger=logger, callbacks=[cb], enable_progress_bar=False, enable_model_summary=False,
                         enable_checkpointing=False, num_sanity_val_steps=0, limit_val_batches=0)

@@ -17,7 +17,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_infoflow import InfoFlowCallback, InfoFlowEstimator
+from lightning_infoflow import EstimatorConfig, InfoFlowCallback, InfoFlowEstimator
 from lightning_infoflow.testing import tiny_bert
 
 # Median relative difference of sigma between float32 and bf16 autocast: measured at most 1e-4 on tiny BERTs
@@ -122,9 +122,8 @@ def test_callback_in_bf16_mixed_training(tmp_path: Any, precision: str, monkeypa
     monkeypatch.setattr(InfoFlowEstimator, "estimate", recording)
     torch.manual_seed(0)
     module = _Classifier(_BlockNet())
-    cb = InfoFlowCallback(probe=_probe(), every_n_train_steps=1000, steps=4, warm_steps=3, samples=4,
-                          progress=False, max_overhead=None, log_figures=False, save_results=False,
-                          precision=precision)  # type: ignore[arg-type]
+    cb = InfoFlowCallback(probe=_probe(), every_n_train_steps=1000, max_overhead=None, heatmaps=0,
+                          estimator=EstimatorConfig(steps=4, warm_steps=3, samples=4, precision=precision))
     _fit(tmp_path, module, [cb], precision="bf16-mixed")
     assert [c["autocast"] for c in calls] == [precision == "training"] * len(calls) and len(calls) >= 2
     last = calls[-1]
@@ -134,7 +133,7 @@ def test_callback_in_bf16_mixed_training(tmp_path: Any, precision: str, monkeypa
     assert torch.isfinite(result.sigma[keep]).all() and torch.isfinite(result.layer_information).all()
     # The same analysis (same weights, start point and seed) in float32.
     monkeypatch.setattr(InfoFlowEstimator, "estimate", estimate)
-    reference = InfoFlowEstimator(module, cb._layer_names, steps=last["steps"], samples=4).estimate(
+    reference = InfoFlowEstimator(module, cb.state.layer_names, steps=last["steps"], samples=4).estimate(
         last["batch"], init=last["init"])
     gap = _median_rel(result.sigma, reference.sigma)
     if precision == "32":
@@ -183,11 +182,11 @@ def test_callback_on_a_compiled_network_adds_no_compilation(tmp_path: Any) -> No
         backend = _CountingBackend()
         torch.manual_seed(0)
         module = _Classifier(torch.compile(_BlockNet(), backend=backend))
-        cbs = [InfoFlowCallback(probe=_probe(), every_n_train_steps=2, steps=2, warm_steps=1, samples=2,
-                                progress=False, max_overhead=None, log_figures=False, save_results=False)]
+        cbs = [InfoFlowCallback(probe=_probe(), every_n_train_steps=2, estimator=EstimatorConfig(steps=2, warm_steps=1,
+                                samples=2), max_overhead=None, heatmaps=0)]
         _fit(tmp_path, module, cbs if with_callback else [])
         if with_callback:
-            assert cbs[0]._history_steps == [0, 1, 2, 4]  # the analyses ran
+            assert cbs[0].state.steps == [0, 1, 2, 4]  # the analyses ran
         counts.append(backend.graphs)
     torch._dynamo.reset()
     assert counts[0] >= 1

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 
 from examples.analyses import common
 from examples.analyses.layers import probe_sentences
-from lightning_infoflow import InfoFlowCallback
+from lightning_infoflow import EstimatorConfig, InfoFlowCallback
 
 NAME = "dynamics"
 
@@ -67,8 +67,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # layers="auto" picks each model's layer stack (``TextClassifier.infoflow_layers``).
         callback = InfoFlowCallback(probe=sentences, tokenizer=getattr(tok, "hf", tok), layers="auto",
                                     every_n_train_steps=args.every, num_sentences=len(sentences),
-                                    steps=common.est_steps(args, 100), warm_steps=common.est_steps(args, 20),
-                                    progress=args.progress, seed=args.seed,
+                                    estimator=EstimatorConfig(steps=common.est_steps(args, 100),
+                                                              warm_steps=common.est_steps(args, 20), seed=args.seed),
                                     max_overhead=None)  # the curve is the point: run every scheduled analysis
         run_out = os.path.join(out, f"{name}_sst2")
         shutil.rmtree(run_out, ignore_errors=True)  # one run per folder: the curves are read back from it

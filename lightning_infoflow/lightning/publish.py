@@ -1,0 +1,118 @@
+"""Publishing one analysis, on global rank 0: scalars, figures and the result file, in one pass.
+
+Everything goes under the callback's namespace ``name``: metric keys ``<name>/<measure>/<layer>``,
+result files ``<log_dir>/<name>/results/step_XXXXXXXX.pt`` (written atomically) and PNG figures
+``<log_dir>/<name>/images/``. A failure of one part (a full disk, a logger's error) is a warning
+naming the step; the other parts are still published and the next analysis tries again.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+
+from lightning_infoflow.core.files import atomic_write, check_writable
+from lightning_infoflow.core.result import InfoFlowResult
+from lightning_infoflow.lightning.hooks import HookOutput
+from lightning_infoflow.lightning.sinks import MEASURES, Figures, Sinks, logger_dir
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def result_path(folder: str, name: str, step: int) -> str:
+    """Where the result of the analysis at ``step`` goes under one logger's run folder."""
+    return os.path.join(folder, name, "results", f"step_{step:08d}.pt")
+
+
+class Publisher:
+    """Writes analyses of one callback (namespace ``name``) to a Trainer's loggers and log dirs.
+
+    Args:
+        name: the namespace: metric prefix and folder under each logger's run folder.
+        heatmaps: layers x words heatmaps per analysis; 0 logs no figures at all.
+    """
+
+    def __init__(self, name: str, heatmaps: int) -> None:
+        self.name = name
+        self.heatmaps = heatmaps
+        self.sinks = Sinks(name)
+        self._run_dirs: list[str] = []
+
+    def prepare(self, trainer: Trainer) -> None:
+        """Find each logger's run folder and prove its results (and PNG) folders writable (rank 0).
+
+        Raises:
+            ValueError: a folder is a file or not writable (from :func:`check_writable`).
+        """
+        self._run_dirs = [logger_dir(lg, trainer.default_root_dir) for lg in trainer.loggers]
+        for folder in dict.fromkeys(self._run_dirs):
+            check_writable(os.path.join(folder, self.name, "results"),
+                           f"InfoFlowCallback(name={self.name!r}): the results folder")
+        for logger, folder in zip(trainer.loggers, self._run_dirs):
+            if self.heatmaps and self.sinks.writer(logger).writes_pngs:
+                check_writable(os.path.join(folder, self.name, "images"),
+                               f"InfoFlowCallback(name={self.name!r}): the images folder")
+
+    def scalars(self, result: InfoFlowResult, seconds: float) -> dict[str, float]:
+        values = {"information": result.layer_information, "entropy": result.mean_entropy,
+                  "effective_words": result.effective_words, "loss": result.loss}
+        out = {f"{self.name}/{m}/{layer}": float(values[m][i])  # type: ignore[index]
+               for m in MEASURES for i, layer in enumerate(result.layer_names)}
+        out[f"{self.name}/analysis_seconds"] = seconds
+        return out
+
+    def publish(self, trainer: Trainer, result: InfoFlowResult, curves: tuple[list[int], Tensor],
+                extra: HookOutput) -> None:
+        """Scalars to every logger and ``trainer.callback_metrics``, the result file, then the figures."""
+        step = int(result.meta["step"])
+        scalars = self.scalars(result, float(result.meta.get("seconds", 0.0)))
+        scalars.update({f"{self.name}/{k}": v for k, v in extra.scalars.items()})
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in scalars.items()})
+        self._attempt("log the scalars", step, lambda: self.sinks.log_scalars(trainer.loggers, scalars, step))
+        self._attempt("write the result file", step, lambda: self.save(result, extra.data))
+        if self.heatmaps:
+            figures: dict[str, tuple[Figure, str]] = {}
+            self._attempt("draw the figures", step, lambda: figures.update(self.figures(result, curves, extra)))
+            image_dirs = [os.path.join(folder, self.name, "images") for folder in self._run_dirs]
+            self._attempt("log the figures", step,
+                          lambda: self.sinks.log_figures(trainer.loggers, figures, step, image_dirs))
+            for fig, _ in figures.values():
+                fig.clear()
+
+    def save(self, result: InfoFlowResult, data: dict[str, Any]) -> None:
+        """The result, plus the hooks' data, once per distinct run folder; each file written atomically."""
+        content = {**data, **result.to_dict()}
+        for folder in dict.fromkeys(self._run_dirs):
+            path = result_path(folder, self.name, int(result.meta["step"]))
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            atomic_write(path, lambda f: torch.save(content, f))
+
+    def figures(self, result: InfoFlowResult, curves: tuple[list[int], Tensor], extra: HookOutput) -> Figures:
+        from lightning_infoflow.reporting import figures
+
+        out: dict[str, tuple[Figure, str]] = {}
+        for b in range(min(self.heatmaps, result.sigma.shape[1])):
+            out[f"{self.name}/heatmap/sentence_{b}"] = (figures.information_heatmap(result, b),
+                                                        " ".join(result.words(b)))
+        steps, information = curves
+        if steps:
+            out[f"{self.name}/curves"] = (figures.information_curves(steps, information, result.layer_names),
+                                          "information per layer against step")
+        out.update({f"{self.name}/{tag}": value for tag, value in extra.figures.items()})
+        return out
+
+    def _attempt(self, what: str, step: int, action: Any) -> None:
+        try:
+            action()
+        except Exception as err:  # noqa: BLE001 - training must go on; the next analysis tries again
+            rank_zero_warn(
+                f"InfoFlowCallback(name={self.name!r}): could not {what} of the analysis at step {step} "
+                f"({type(err).__name__}: {err}). Training continues and the next analysis tries again; "
+                "check the log dir's free space and permissions."
+            )

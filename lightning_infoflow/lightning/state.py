@@ -1,0 +1,114 @@
+"""What one run of the callback remembers: its id, the analyses so far, and the live collapse check.
+
+Saved in checkpoints as tensors and Python primitives only (``torch.load(weights_only=True)`` reads
+them), so that ``fit(ckpt_path=...)`` continues the curves of the same run.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+
+from lightning_infoflow.core.result import InfoFlowResult
+
+#: metrics that hold the training loss when ``training_step`` returns none (manual optimisation)
+LOSS_KEYS = ("train_loss", "train/loss", "loss")
+
+
+class RunState:
+    """The history of one run: analysed steps, information per layer, training losses, the last result.
+
+    Attributes:
+        run_id: uuid4 hex of the run, created at its first analysis; ``None`` before.
+        last_step: the last step whose analysis finished (or was skipped on purpose); -1 before the first.
+        steps: steps of the successful analyses; ``history[i]`` is the information per layer at ``steps[i]``.
+        layer_names: the result's row names.
+        previous: the last result, the warm start of the next analysis (``None``: the next one starts cold).
+    """
+
+    def __init__(self) -> None:
+        self.run_id: Optional[str] = None
+        self.last_step = -1
+        self.steps: list[int] = []
+        self.history: list[Tensor] = []
+        self.losses: list[float] = []
+        self.layer_names: list[str] = []
+        self.previous: Optional[InfoFlowResult] = None
+        self.failures = 0
+        self.skipped = 0
+        self._loss_sum: Optional[Tensor] = None
+        self._loss_count = 0
+
+    def add_loss(self, loss: Tensor) -> None:
+        """Sum a training step's loss on its device (no synchronisation); averaged at the next analysis."""
+        detached = loss.detach().float()
+        self._loss_sum = detached if self._loss_sum is None else self._loss_sum + detached
+        self._loss_count += 1
+
+    def record(self, result: InfoFlowResult, step: int, trainer: Trainer) -> None:
+        """Add a finished analysis (replacing one of the same step, e.g. redone after an interruption)."""
+        if self.steps and self.steps[-1] == step:
+            self.steps.pop()
+            self.history.pop()
+            self.losses.pop()
+        self.previous = result
+        self.steps.append(step)
+        self.history.append(result.layer_information.clone())
+        self.losses.append(self._training_loss(trainer))
+
+    def curves(self) -> tuple[list[int], Tensor]:
+        """Steps and ``[analyses, layers]`` information so far."""
+        return list(self.steps), torch.stack(self.history) if self.history else torch.zeros(0)
+
+    def _training_loss(self, trainer: Trainer) -> float:
+        """Mean training loss since the previous analysis (or a logged loss when steps return none)."""
+        if self._loss_sum is not None:
+            mean = float(self._loss_sum) / self._loss_count
+            self._loss_sum, self._loss_count = None, 0
+            return mean
+        for key in LOSS_KEYS:
+            value = trainer.callback_metrics.get(key)
+            if value is not None:
+                return float(value)
+        return float("nan")
+
+    def check_collapse(self) -> None:
+        """Warn when a layer's information falls steeply while the training loss does not improve."""
+        if len(self.history) < 2:
+            return
+        from lightning_infoflow.analysis.guidance import collapse_finding
+
+        finding = collapse_finding(self.steps, torch.stack(self.history), self.losses, self.layer_names)
+        if finding is not None:
+            rank_zero_warn(f"InfoFlowCallback: {finding}")
+
+    def state_dict(self) -> dict[str, Any]:
+        prev = self.previous
+        return {
+            "run_id": self.run_id,
+            "last_step": self.last_step,
+            "history_steps": list(self.steps),
+            "history": torch.stack(self.history) if self.history else torch.zeros(0),
+            "losses": list(self.losses),
+            "layer_names": list(self.layer_names),
+            "previous": prev.to_dict() if prev is not None else None,
+            "failures": self.failures,
+            "skipped": self.skipped,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.run_id = state.get("run_id")
+        self.last_step = int(state["last_step"])
+        self.steps = [int(s) for s in state["history_steps"]]
+        history = state["history"]
+        self.history = list(history) if history.numel() else []
+        self.losses = [float(v) for v in state.get("losses", [float("nan")] * len(self.history))]
+        self.layer_names = list(state["layer_names"])
+        prev = state.get("previous")
+        self.previous = InfoFlowResult.from_dict(prev) if prev is not None else None
+        self.failures = int(state.get("failures", 0))
+        self.skipped = int(state.get("skipped", 0))
