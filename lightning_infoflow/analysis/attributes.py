@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Optional, Union
@@ -42,6 +41,8 @@ from torch import Tensor, nn
 
 from lightning_infoflow.core import guard, inputs
 from lightning_infoflow.core.result import InfoFlowResult
+from lightning_infoflow.core.runner import ProbeRunner
+from lightning_infoflow.core.tokens import is_special_token
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -50,7 +51,6 @@ if TYPE_CHECKING:
 
 ConceptSpec = Union[Mapping[str, Union[Sequence[str], str]], str, "os.PathLike[str]"]
 ALL_WORDS = "*"
-_SPECIAL = re.compile(r"^(\[.*\]|<.*>)$")
 
 __all__ = ["WordAttributes", "word_attributes", "load_concepts", "attribute_figure", "ALL_WORDS"]
 
@@ -133,7 +133,7 @@ class _Vocab:
                 "`vocab` must be a Hugging Face tokenizer, a {word: id} mapping or a list of words indexed by id, "
                 f"got {type(vocab).__name__}"
             )
-        self.special |= {i for w, i in self.table.items() if _SPECIAL.match(w)}
+        self.special |= {i for w, i in self.table.items() if is_special_token(w)}
         self.inverse = {i: w for w, i in self.table.items()}
 
     def encode(self, word: str) -> Optional[list[int]]:
@@ -314,38 +314,36 @@ def _state_log_p(est: "InfoFlowEstimator", result: InfoFlowResult, batch: inputs
                  position: int, candidates: Tensor, chunk: int, reference: Optional[inputs.Batch] = None) -> Tensor:
     """``-||Phi(x with x_i := x') - s||^2 / lam`` per layer and candidate: ``[L, N]`` (float64).
 
-    Hidden units are normalised by their standard deviation over ``reference`` (default: ``batch``), as
-    in the estimator.
+    Runs through the estimator's hooked forward (:class:`~lightning_infoflow.core.runner.ProbeRunner`):
+    the same layers, time axes, rows, checks and per-unit normalisation (over ``reference``, default
+    ``batch``) as the estimate.
     """
-    from lightning_infoflow.analysis.saliency import LayerProbe, model_as_found
-
     model = est.model
     device = guard.device_of(model)
     full = inputs.to_device(batch, device)
     mask = result.mask.to(device)
-    bsz = mask.shape[0]
-    with model_as_found(model, device), torch.no_grad():
-        probe = LayerProbe(model, full, mask, est.layer_names, est.embedding_module, est.position)
-        if [r.name for r in probe.rows] != list(result.layer_names):
-            raise ValueError(f"the estimator's rows {[r.name for r in probe.rows]} differ from the result's "
+    runner = ProbeRunner(model, est.embedding_name, est.layer_names)
+    ref_mask = None
+    if reference is not None:
+        ref_mask = inputs.word_mask(reference, est.pad_token_id).to(device)
+        reference = inputs.to_device(reference, device)
+    with guard.model_untouched(model, device), torch.no_grad():
+        prep = runner.prepare(full, mask, est.position, noise_scale=result.sigma_max, reference=reference,
+                              reference_mask=ref_mask, seed=est.seed + 1)
+        if [r.name for r in prep.rows] != list(result.layer_names):
+            raise ValueError(f"the estimator's rows {[r.name for r in prep.rows]} differ from the result's "
                              f"{result.layer_names}; pass the estimator and batch that produced the result")
-        if reference is not None:
-            ref_mask = est._validate_batch(reference).to(device)
-            probe = LayerProbe(model, inputs.to_device(reference, device), ref_mask, est.layer_names,
-                               est.embedding_module, est.position)
-        inv_std = {n: probe.inv_std(n) for n in probe.modules}
-        one = inputs.map_batch(full, lambda t: t[sentence:sentence + 1], bsz)
-        single = LayerProbe(model, one, mask[sentence:sentence + 1], est.layer_names, est.embedding_module, est.position)
-        out = torch.zeros(len(single.rows), candidates.shape[0], dtype=torch.float64)
+        out = torch.zeros(len(prep.rows), candidates.shape[0], dtype=torch.float64)
         for a in range(0, candidates.shape[0], chunk):
-            cand = candidates[a:a + chunk].to(device=device, dtype=single.x.dtype)
-            x = single.x.repeat(cand.shape[0], 1, 1)
+            cand = candidates[a:a + chunk].to(device=device, dtype=prep.x.dtype)
+            rows = torch.full((cand.shape[0],), sentence, dtype=torch.long, device=device)
+            x = prep.x[rows].clone()
             x[:, position] = cand
-            states = single.states(x)
-            for g, row in enumerate(single.rows):
-                s, m = single.select(g, states)
-                diff = (s - single.clean[row.module_name]) * inv_std[row.module_name]
-                err = (diff.pow(2).sum(-1) * m).sum(-1)
+            states: dict[str, Tensor] = {}
+            runner.forward(prep, runner.copies(prep, rows), x, runner.layer_names, states.__setitem__)
+            for g, row in enumerate(prep.rows):
+                diff = (states[row.module_name] - prep.clean(g)[rows]) * prep.inv_std[row.module_name]
+                err = (diff.pow(2).sum(-1) * prep.row_mask(g, rows)).sum(-1)
                 out[g, a:a + cand.shape[0]] = (-err / est.lam).double().cpu()
     return out
 

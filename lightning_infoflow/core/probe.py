@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_infoflow.core.inputs import Batch
+from lightning_infoflow.core.inputs import Batch, select_rows
 
 ProbeLike = Union[str, Sequence[str], Sequence[Sequence[int]], Tensor, Mapping[str, Any], Dataset, DataLoader]
 
@@ -32,12 +32,8 @@ class Probe:
         return int(self.input_ids.shape[0])
 
     def select(self, sentences: Tensor) -> Batch:
-        """The batch rows of the given sentence indices (every tensor whose first dimension is the batch)."""
-        n = len(self)
-        if isinstance(self.batch, Tensor):
-            return self.batch[sentences]
-        return {k: v[sentences] if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == n else v
-                for k, v in self.batch.items()}
+        """The batch rows of the given sentence indices (see :func:`~lightning_infoflow.core.inputs.select_rows`)."""
+        return select_rows(self.batch, torch.as_tensor(sentences, dtype=torch.long), len(self))
 
 
 def build_probe(
