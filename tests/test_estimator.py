@@ -8,6 +8,9 @@ from typing import Any, Optional
 
 import pytest
 import torch
+from torch import Tensor, nn
+
+from lightning_infoflow import InfoFlowEstimator, InfoFlowResult
 from lightning_infoflow.testing import (
     PAD,
     ZOO,
@@ -19,11 +22,6 @@ from lightning_infoflow.testing import (
     random_ids,
     tiny_bert,
 )
-from torch import Tensor, nn
-
-from lightning_infoflow import InfoFlowEstimator, InfoFlowResult
-
-
 
 # ----------------------------------------------------------------------------- helpers
 

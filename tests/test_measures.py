@@ -13,8 +13,8 @@ import torch
 
 import lightning_infoflow.core.estimator
 import lightning_infoflow.core.measures
-import lightning_infoflow.core.result
 import lightning_infoflow.core.resolve
+import lightning_infoflow.core.result
 from lightning_infoflow import InfoFlowResult
 from lightning_infoflow.core import measures
 

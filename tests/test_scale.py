@@ -18,7 +18,6 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_infoflow import InfoFlowCallback, InfoFlowEstimator
-
 from lightning_infoflow.testing import tiny_bert
 
 # Median relative difference of sigma between float32 and bf16 autocast: measured at most 1e-4 on tiny BERTs

@@ -52,7 +52,8 @@ def chunk_size(requested: Union[int, str], memory_budget: Optional[int], copies:
     if fit < 1:
         raise ValueError(
             f"one perturbed copy of the probe needs about {human_bytes(per_copy_bytes)} of activations "
-            f"(plus {human_bytes(fixed_bytes)} of noise for all copies), more than memory_budget={human_bytes(budget)}; "
+            f"(plus {human_bytes(fixed_bytes)} of noise for all copies), more than "
+            f"memory_budget={human_bytes(budget)}; "
             "raise `memory_budget`, or probe fewer or shorter sentences (a fixed `chunk_size` skips this check)"
         )
     return min(fit, copies)
@@ -93,7 +94,23 @@ class ChunkScorer:
             for g, lo, hi in plan[name]:
                 score(g, lo, hi, state[lo:hi])
 
-        self.runner.forward(self.prep, self._chunk_batch(a, b), x_rows, list(plan), on_state)
+        self.runner.forward(self.prep, self._chunk_batch(a, b), x_rows, list(plan), on_state,
+                            done=self._done(plan, b - a))
+
+    def _done(self, plan: dict[str, list[tuple[int, int, int]]], n: int) -> Optional[dict[str, Tensor]]:
+        """Per module of a chunk that spans several: the copies scored there or earlier (see ``forward``)."""
+        if len(plan) < 2:
+            return None
+        order = self.prep.order
+        done: dict[str, Tensor] = {}
+        for name in plan:
+            rows = torch.zeros(n, dtype=torch.bool, device=self.device)
+            for other, spans in plan.items():
+                if order[other] <= order[name]:
+                    for _, lo, hi in spans:
+                        rows[lo:hi] = True
+            done[name] = rows
+        return done
 
     def _chunk_batch(self, a: int, b: int) -> inputs.Batch:
         """The model inputs of copies ``a:b`` (copy ``c`` holds sentence ``c % B``), built once per chunk."""

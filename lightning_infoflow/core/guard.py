@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import threading
 import weakref
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
@@ -35,11 +36,11 @@ def eager() -> Iterator[None]:
         yield
 
 
-_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
 _LOCKS_LOCK = threading.Lock()
 
 
-def _lock_of(model: nn.Module) -> "threading.RLock":
+def _lock_of(model: nn.Module) -> threading.RLock:
     with _LOCKS_LOCK:
         lock = _LOCKS.get(model)
         if lock is None:

@@ -8,7 +8,6 @@ from typing import Any, Union
 import torch
 from torch import Tensor, nn
 
-
 Batch = Union[Tensor, Mapping[str, Any]]
 
 

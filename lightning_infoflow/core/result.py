@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 import torch
@@ -175,12 +175,12 @@ class InfoFlowResult:
             unstable=data.get("unstable"),  # absent from files written before the field
         )
 
-    def save(self, path: Union[str, "os.PathLike[str]"]) -> None:
+    def save(self, path: Union[str, os.PathLike[str]]) -> None:
         """Write the result with ``torch.save`` as a plain dict; read it back with :meth:`load` or with
         ``torch.load(path, weights_only=True)`` without this package. The write is atomic: a failure
         leaves no partial file (:func:`~lightning_infoflow.core.files.atomic_write`)."""
         atomic_write(path, lambda f: torch.save(self.to_dict(), f))
 
     @classmethod
-    def load(cls, path: Union[str, "os.PathLike[str]"]) -> InfoFlowResult:
+    def load(cls, path: Union[str, os.PathLike[str]]) -> InfoFlowResult:
         return cls.from_dict(torch.load(path, map_location="cpu", weights_only=True))

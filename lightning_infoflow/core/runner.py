@@ -13,7 +13,7 @@ the state likelihood of the word attributes all run through it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Optional, Union
 
@@ -143,7 +143,7 @@ class ProbeRunner:
         self.modules = {n: resolve.find_module(model, n, "layer") for n in self.layer_names}
 
     @classmethod
-    def resolve(cls, model: nn.Module, layers: Union[str, Sequence[str]], embedding: str) -> "ProbeRunner":
+    def resolve(cls, model: nn.Module, layers: Union[str, Sequence[str]], embedding: str) -> ProbeRunner:
         """Resolve ``"auto"``, names and glob patterns (:mod:`~lightning_infoflow.core.resolve`) into a runner."""
         embedding_name, _ = resolve.resolve_embedding(model, embedding)
         return cls(model, embedding_name, resolve.resolve_layers(model, layers, embedding_name))
@@ -185,7 +185,9 @@ class ProbeRunner:
 
     def _layer_state(self, name: str, out: Tensor, doubled: Tensor, bsz: int, seq: int) -> LayerState:
         if not torch.isfinite(out).all():
-            raise ValueError(f"layer {name!r} returned non-finite values on the probe batch; check the model and inputs")
+            raise ValueError(
+                f"layer {name!r} returned non-finite values on the probe batch; check the model and inputs"
+            )
         bdim, tdim = hidden.find_batch_and_time_dims(out, doubled, seq, self.modules[name])
         if torch.equal(doubled.narrow(bdim, bsz, bsz), doubled.narrow(bdim, 0, bsz)):
             raise ValueError(
@@ -225,7 +227,7 @@ class ProbeRunner:
             elif isinstance(position, int):
                 positions = [position]
             else:
-                positions = list(position)  # type: ignore[arg-type]
+                positions = list(position)
             for p in positions:
                 if not -length <= p < length:
                     raise ValueError(f"position {p} is outside layer {name!r}'s {length} time steps")
@@ -274,7 +276,7 @@ class ProbeRunner:
     def _failure(self, batch: inputs.Batch, bsz: int, copies: bool, err: Exception) -> str:
         """The message for a model that failed on the probe (or on copies of it)."""
         msg = f"the model failed on the probe batch: {type(err).__name__}: {err}"
-        kept = inputs.unchanged_entries(batch, bsz // 2 if copies else bsz)
+        kept = inputs.unchanged_entries(batch, bsz)
         if copies and kept:
             msg = (f"the model failed on copies of the probe batch ({bsz} rows): {type(err).__name__}: {err}. "
                    f"The batch entries {kept} hold no item per sentence and are passed unchanged to every copy; "
@@ -306,10 +308,8 @@ class ProbeRunner:
         with ExitStack() as stack:
             for module, fn in hooks:
                 stack.callback(module.register_forward_hook(fn).remove)
-            try:
+            with suppress(hidden.StopForward):
                 inputs.call_model(self.model, batch)
-            except hidden.StopForward:
-                pass
 
     def copies(self, prep: PreparedProbe, sentences: Tensor) -> inputs.Batch:
         """Model inputs whose row ``r`` is probe sentence ``sentences[r]``."""
@@ -318,12 +318,16 @@ class ProbeRunner:
         return inputs.select_rows(prep.batch, sentences, prep.batch_size)
 
     def forward(self, prep: PreparedProbe, batch_rows: inputs.Batch, x_rows: Tensor, modules: Sequence[str],
-                on_state: Callable[[str, Tensor], None], extra_hooks: Sequence[tuple[nn.Module, Hook]] = ()) -> None:
+                on_state: Callable[[str, Tensor], None], extra_hooks: Sequence[tuple[nn.Module, Hook]] = (),
+                done: Optional[dict[str, Tensor]] = None) -> None:
         """Run ``batch_rows`` with the embedding output replaced by ``x_rows`` ``[N, T, K]``.
 
         ``on_state(name, state)`` receives each of ``modules``' states laid out ``[N, T', F]`` (float32,
         differentiable with respect to ``x_rows``); the forward stops after the deepest of them.
-        ``extra_hooks`` are ``(module, forward_hook)`` pairs registered for this call only.
+        ``extra_hooks`` are ``(module, forward_hook)`` pairs registered for this call only. ``done`` maps a
+        module to the bool ``[N]`` rows whose state is read there and no further: downstream of it they
+        are detached (same values), so a later module that is not finite for them (``0 * inf`` in its
+        backward) cannot turn their gradients into NaN.
         """
         deepest = max(modules, key=lambda n: prep.order[n])
 
@@ -333,10 +337,17 @@ class ProbeRunner:
         def layer_hook(name: str) -> Hook:
             ls = prep.states[name]
 
-            def hook(_m: nn.Module, _i: Any, output: Any) -> None:
-                on_state(name, hidden.layout(hidden.first_tensor(output), ls.batch_dim, ls.time_dim).float())
+            def hook(_m: nn.Module, _i: Any, output: Any) -> Any:
+                out = hidden.first_tensor(output)
+                on_state(name, hidden.layout(out, ls.batch_dim, ls.time_dim).float())
                 if name == deepest:
                     raise hidden.StopForward
+                rows = None if done is None else done.get(name)
+                if rows is None or not out.requires_grad or not isinstance(output, (Tensor, tuple, list)):
+                    return None
+                shape = [1] * out.dim()
+                shape[ls.batch_dim] = -1
+                return hidden.replace_first_tensor(output, torch.where(rows.view(shape), out.detach(), out))
             return hook
 
         hooks = [(self.embedding, emb_hook), *extra_hooks]

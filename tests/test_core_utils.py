@@ -6,6 +6,10 @@ import logging
 
 import pytest
 import torch
+from torch import nn
+
+from lightning_infoflow import InfoFlowEstimator
+from lightning_infoflow.core import hidden, inputs, resolve
 from lightning_infoflow.testing import (
     ZOO,
     GRUStack,
@@ -13,10 +17,6 @@ from lightning_infoflow.testing import (
     LinearModel,
     StackedLSTMClassifier,
 )
-from torch import nn
-
-from lightning_infoflow import InfoFlowEstimator
-from lightning_infoflow.core import hidden, inputs, resolve
 
 
 @pytest.mark.parametrize(
