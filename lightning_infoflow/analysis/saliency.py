@@ -29,9 +29,15 @@ whole state, conserved down to the words. The perturbation method needs no scala
 whole state (squared error per hidden unit, normalised by the unit's variance over the probe, as in
 Eq. 7).
 
-**Leaving the model alone.** The model runs in eval mode and every submodule's ``training`` flag is
-restored; gradients are taken with ``torch.autograd.grad`` with respect to the embedding output only, so
-no parameter's ``.grad`` changes; hooks are removed in ``finally`` blocks; the global RNG is untouched.
+**One hooked forward.** Every method runs through :class:`~lightning_infoflow.core.runner.ProbeRunner`,
+the estimator's own: the same layers, time axes (a ``Conv1d``'s time axis even when it has as many
+channels as words), rows and checks (embedding and layers called once, finite, depending on the input).
+
+**Leaving the model alone.** The model runs in eval mode under
+:func:`~lightning_infoflow.core.guard.model_untouched`: every submodule's ``training`` flag, every
+``requires_grad`` and every buffer are restored; gradients are taken with ``torch.autograd.grad`` with
+respect to the embedding output only, so no parameter's ``.grad`` changes; hooks are removed in
+``finally`` blocks; the global RNG is untouched; another thread's use of the model meanwhile is refused.
 cuDNN refuses the backward of an RNN in eval mode, so on CUDA, for a model containing ``nn.LSTM`` /
 ``nn.GRU`` / ``nn.RNN``, the computation runs under ``torch.backends.cudnn.flags(enabled=False)`` (slower
 native kernels, same numbers).

@@ -41,7 +41,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from typing import Any, Callable, Literal, Optional, Union
+from typing import Callable, Literal, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -50,38 +50,10 @@ from lightning_infoflow.core import guard, inputs
 from lightning_infoflow.core.chunks import ChunkScorer, chunk_size
 from lightning_infoflow.core.result import InfoFlowResult
 from lightning_infoflow.core.runner import Position, PreparedProbe, ProbeRunner, check_position
+from lightning_infoflow.core.settings import check_settings, check_steps
 
 _TAU = 5.0  # steps over which the step size halves (eta_t = lr / (1 + t / _TAU))
 _MAX_GRAD = 2.0  # gradient clip on log sigma from above (from below it is -1, the prior term alone)
-
-
-def _check_settings(lam: float, steps: int, samples: int, sigma_max: Optional[float], lr: float,
-                    warm_lr: Optional[float], chunk: Any, memory_budget: Optional[int], tol: float,
-                    check_every: int) -> None:
-    if not (isinstance(lam, (int, float)) and lam > 0 and math.isfinite(lam)):
-        raise ValueError(f"`lam` must be a positive number, got {lam!r}")
-    _check_steps(steps)
-    if not (isinstance(samples, int) and samples > 0):
-        raise ValueError(f"`samples` must be a positive int, got {samples!r}")
-    if sigma_max is not None and not (sigma_max > 0 and math.isfinite(sigma_max)):
-        raise ValueError(f"`sigma_max` must be a positive number or None, got {sigma_max!r}")
-    if not lr > 0:
-        raise ValueError(f"`lr` must be positive, got {lr!r}")
-    if warm_lr is not None and not 0 < warm_lr <= lr:
-        raise ValueError(f"`warm_lr` must be in (0, lr={lr}] or None, got {warm_lr!r}")
-    if chunk != "auto" and not (isinstance(chunk, int) and chunk > 0):
-        raise ValueError(f"`chunk_size` must be a positive int or 'auto', got {chunk!r}")
-    if memory_budget is not None and memory_budget <= 0:
-        raise ValueError(f"`memory_budget` must be a positive number of bytes, got {memory_budget!r}")
-    if not (isinstance(check_every, int) and check_every > 0):
-        raise ValueError(f"`check_every` must be a positive int, got {check_every!r}")
-    if not tol >= 0:
-        raise ValueError(f"`tol` must be >= 0 (0: never stop early), got {tol!r}")
-
-
-def _check_steps(steps: Any) -> None:
-    if not (isinstance(steps, int) and steps >= 0):
-        raise ValueError(f"`steps` must be a non-negative int (0: closed-form start only), got {steps!r}")
 
 
 class InfoFlowEstimator:
@@ -172,7 +144,7 @@ class InfoFlowEstimator:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"`model` must be an nn.Module, got {type(model).__name__}")
-        _check_settings(lam, steps, samples, sigma_max, lr, warm_lr, chunk_size, memory_budget, tol, check_every)
+        check_settings(lam, steps, samples, sigma_max, lr, warm_lr, chunk_size, memory_budget, tol, check_every)
         check_position(position)
         self.model = model
         self.lam = float(lam)
@@ -254,7 +226,7 @@ class InfoFlowEstimator:
         """
         if steps is None:
             steps = self.steps
-        _check_steps(steps)
+        check_steps(steps)
         device = guard.device_of(self.model)
         mask = inputs.word_mask(batch, self.pad_token_id).to(device)
         batch = inputs.to_device(batch, device)
