@@ -305,3 +305,28 @@ def test_attribute_figure_has_one_panel_per_result_and_one_line_per_concept() ->
     assert fig.axes[1].get_title() == "BERT" and fig.axes[0].get_yscale() == "log"
     with pytest.raises(ValueError):
         attribute_figure([a], titles=["a", "b"])
+
+
+def test_state_likelihood_uses_the_time_axis_of_a_conv1d_with_as_many_channels_as_words() -> None:
+    """The state at time step 0 of a kernel-3 Conv1d (channels = words) does not see word 4: every candidate
+    reproduces it exactly, so every attribute is 0; word 1, which it sees, has a positive attribute."""
+
+    class ChannelsEqualWords(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(30, 8)
+            self.conv = nn.Conv1d(8, 6, kernel_size=3, padding=1)
+
+        def forward(self, ids: Tensor) -> Tensor:
+            return self.conv(self.emb(ids).transpose(1, 2))
+
+    ids = torch.randint(1, 30, (3, 6), generator=torch.Generator().manual_seed(0))
+    est = InfoFlowEstimator(ChannelsEqualWords(), layers="conv", embedding="emb", position=0, steps=0)
+    res = est.estimate(ids)
+    vocab = [f"w{i}" for i in range(30)]
+    kwargs = dict(concepts={"c": ["w3", "w5", "w7"]}, vocab=vocab, batch=ids, likelihood="state", num_random=20)
+    unseen = word_attributes(est, res, 0, 4, **kwargs)  # type: ignore[arg-type]
+    assert torch.equal(unseen.word_attribute, torch.zeros(1, dtype=torch.float64))
+    assert torch.equal(unseen.remaining, torch.zeros(1, 1, dtype=torch.float64))
+    seen = word_attributes(est, res, 0, 1, **kwargs)  # type: ignore[arg-type]
+    assert float(seen.word_attribute[0]) > 0

@@ -576,8 +576,23 @@ def test_embedding_called_twice_is_rejected(no_optimisation: None) -> None:
         InfoFlowEstimator(TwoCalls(), layers="rnn").estimate(torch.ones(2, 4, dtype=torch.long))
 
 
-def test_check_validates_without_optimising(no_optimisation: None) -> None:
+def test_check_rejects_bad_input_before_optimising(no_optimisation: None) -> None:
     est = InfoFlowEstimator(KimCNN(), pad_token_id=PAD)
-    assert est.check(random_ids(2, 9)) == ["convs.0", "convs.1", "convs.2", "convs.3"]
     with pytest.raises(ValueError, match="all padding"):
         est.check(torch.tensor([[1, 2], [0, 0]]))
+
+
+def test_check_runs_one_real_step_and_returns_the_row_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """check() runs the analysis' own code path (closed-form start and one step, one sample per word)."""
+    est = InfoFlowEstimator(KimCNN(), pad_token_id=PAD)
+    calls: list[tuple[int, int]] = []
+    optimise = InfoFlowEstimator._optimise
+
+    def spy(self: InfoFlowEstimator, *args: Any, **kwargs: Any) -> InfoFlowResult:
+        res = optimise(self, *args, **kwargs)
+        calls.append((int(res.meta["steps_run"]), int(res.meta["samples"])))
+        return res
+
+    monkeypatch.setattr(InfoFlowEstimator, "_optimise", spy)
+    assert est.check(random_ids(2, 9)) == ["convs.0", "convs.1", "convs.2", "convs.3"]
+    assert calls == [(1, 1)]

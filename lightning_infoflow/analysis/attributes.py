@@ -29,130 +29,33 @@ all of them when the vocabulary is smaller.
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
+from lightning_infoflow.analysis.vocabulary import (
+    ALL_WORDS,
+    ConceptSpec,
+    Vocabulary,
+    concept_vectors,
+    load_concepts,
+    random_ids,
+)
 from lightning_infoflow.core import guard, inputs
 from lightning_infoflow.core.result import InfoFlowResult
+from lightning_infoflow.core.runner import ProbeRunner
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from lightning_infoflow.core.estimator import InfoFlowEstimator
 
-ConceptSpec = Union[Mapping[str, Union[Sequence[str], str]], str, "os.PathLike[str]"]
-ALL_WORDS = "*"
-_SPECIAL = re.compile(r"^(\[.*\]|<.*>)$")
 
 __all__ = ["WordAttributes", "word_attributes", "load_concepts", "attribute_figure", "ALL_WORDS"]
-
-
-# ---------------------------------------------------------------------------------------------- concepts
-
-
-def load_concepts(source: ConceptSpec) -> dict[str, Union[list[str], str]]:
-    """Read concepts: a dict, a JSON / YAML file, or the name of a shipped set (``"sst2_example"``).
-
-    A file holds either ``{name: [words]}`` or ``{"concepts": {name: [words]}, ...}`` (other keys, e.g. a
-    description, are ignored). The value ``"*"`` (:data:`ALL_WORDS`) stands for the random vocabulary
-    sample itself, the baseline of Eqs. 8-9.
-
-    Raises:
-        ValueError: a malformed file, an empty concept, or words that are not strings.
-        FileNotFoundError: no such file or shipped set.
-
-    Example::
-
-        >>> concepts = load_concepts("sst2_example")
-        >>> sorted(concepts)[:2], "grief" in concepts["negative emotion"]
-        (['all words', 'negative adjective'], True)
-    """
-    if isinstance(source, Mapping):
-        data: Any = dict(source)
-    else:
-        path = os.fspath(source)
-        if not os.path.exists(path) and os.sep not in path and "." not in path:
-            from lightning_infoflow.analysis.concepts import EXAMPLE_CONCEPTS
-
-            shipped = EXAMPLE_CONCEPTS.with_name(f"{path}.json")
-            if not shipped.is_file():
-                raise FileNotFoundError(f"no concept file {path!r} and no shipped concept set of that name")
-            path = str(shipped)
-        with open(path, encoding="utf-8") as fh:
-            if path.endswith((".yaml", ".yml")):
-                try:
-                    import yaml
-                except ImportError as err:  # pragma: no cover - depends on the environment
-                    raise ImportError("reading YAML concepts needs PyYAML: pip install pyyaml") from err
-                data = yaml.safe_load(fh)
-            else:
-                data = json.load(fh)
-    if isinstance(data, Mapping) and isinstance(data.get("concepts"), Mapping):
-        data = data["concepts"]
-    if not isinstance(data, Mapping) or not data:
-        raise ValueError("concepts must be a non-empty mapping {name: [words]} (or {'concepts': {...}})")
-    out: dict[str, Union[list[str], str]] = {}
-    for name, words in data.items():
-        if words == ALL_WORDS:
-            out[str(name)] = ALL_WORDS
-            continue
-        if isinstance(words, str) or not isinstance(words, Sequence) or not words:
-            raise ValueError(f"concept {name!r} must be a non-empty list of words or {ALL_WORDS!r}, got {words!r}")
-        if not all(isinstance(w, str) and w.strip() for w in words):
-            raise ValueError(f"concept {name!r} holds entries that are not non-empty strings: {words!r}")
-        out[str(name)] = [w.strip() for w in words]
-    return out
-
-
-# ---------------------------------------------------------------------------------------------- vocabulary
-
-
-class _Vocab:
-    """Word -> token ids for a Hugging Face tokenizer, a ``{word: id}`` mapping or an ``id -> word`` list."""
-
-    def __init__(self, vocab: Any) -> None:
-        self.tokenizer = vocab if hasattr(vocab, "tokenize") and hasattr(vocab, "convert_tokens_to_ids") else None
-        if self.tokenizer is not None:
-            self.table: dict[str, int] = dict(self.tokenizer.get_vocab())
-            self.unk = getattr(self.tokenizer, "unk_token_id", None)
-            self.special = set(getattr(self.tokenizer, "all_special_ids", []) or [])
-        elif isinstance(vocab, Mapping):
-            self.table, self.unk, self.special = {str(k): int(v) for k, v in vocab.items()}, None, set()
-        elif isinstance(vocab, Sequence) and not isinstance(vocab, str):
-            self.table, self.unk, self.special = {str(w): i for i, w in enumerate(vocab)}, None, set()
-        else:
-            raise ValueError(
-                "`vocab` must be a Hugging Face tokenizer, a {word: id} mapping or a list of words indexed by id, "
-                f"got {type(vocab).__name__}"
-            )
-        self.special |= {i for w, i in self.table.items() if _SPECIAL.match(w)}
-        self.inverse = {i: w for w, i in self.table.items()}
-
-    def encode(self, word: str) -> Optional[list[int]]:
-        """Token ids of ``word`` (several for a split word), or None when the vocabulary lacks it."""
-        if self.tokenizer is None:
-            return [self.table[word]] if word in self.table else None
-        pieces = self.tokenizer.tokenize(word)
-        ids = [int(i) for i in self.tokenizer.convert_tokens_to_ids(pieces)]
-        if not ids or (self.unk is not None and self.unk in ids):
-            return None
-        return ids
-
-    def token_id(self, token: str) -> Optional[int]:
-        """Id of one token string exactly as the vocabulary writes it (a word piece such as ``##ness``)."""
-        return self.table.get(token)
-
-    def label(self, ids: Sequence[int]) -> str:
-        pieces = [self.inverse.get(int(i), f"<{int(i)}>") for i in ids]
-        return "".join(p[2:] if p.startswith("##") and k else (" " + p if k else p) for k, p in enumerate(pieces))
 
 
 # ---------------------------------------------------------------------------------------------- result
@@ -242,7 +145,7 @@ def _embedding_matrix(source: Any) -> tuple[Tensor, Optional[int]]:
     )
 
 
-def _word_ids(result: InfoFlowResult, sentence: int, positions: list[int], vocab: _Vocab,
+def _word_ids(result: InfoFlowResult, sentence: int, positions: list[int], vocab: Vocabulary,
               batch: Optional[inputs.Batch]) -> list[int]:
     if batch is not None:
         ids = inputs.input_ids_of(batch)
@@ -259,50 +162,6 @@ def _word_ids(result: InfoFlowResult, sentence: int, positions: list[int], vocab
     raise ValueError("the result holds no tokens: pass batch= (the probe batch given to estimate) for the word's ids")
 
 
-def _concept_vectors(concepts: dict[str, Union[list[str], str]], vocab: _Vocab, matrix: Tensor, split: str
-                     ) -> tuple[dict[str, Optional[Tensor]], dict[str, list[str]], dict[str, list[str]],
-                                dict[str, dict[str, list[str]]]]:
-    vectors: dict[str, Optional[Tensor]] = {}
-    used: dict[str, list[str]] = {}
-    missing: dict[str, list[str]] = {}
-    pieces: dict[str, dict[str, list[str]]] = {}
-    for name, words in concepts.items():
-        if words == ALL_WORDS:
-            vectors[name], used[name] = None, [ALL_WORDS]
-            continue
-        rows, ok = [], []
-        for w in words:
-            ids = vocab.encode(w)
-            if ids is None or any(i >= matrix.shape[0] for i in ids):
-                missing.setdefault(name, []).append(w)
-                continue
-            if len(ids) > 1:
-                pieces.setdefault(name, {})[w] = [vocab.inverse.get(i, str(i)) for i in ids]
-                if split == "skip":
-                    continue
-            rows.append(matrix[ids].double().mean(0))
-            ok.append(w)
-        if not rows:
-            raise ValueError(
-                f"concept {name!r} has no usable word: not in the vocabulary {missing.get(name, [])}, "
-                f"split and skipped {list(pieces.get(name, {}))}"
-            )
-        vectors[name], used[name] = torch.stack(rows), ok
-    return vectors, used, missing, pieces
-
-
-def _random_ids(matrix: Tensor, vocab: _Vocab, padding_idx: Optional[int], num_random: int, seed: int) -> Tensor:
-    allowed = torch.ones(matrix.shape[0], dtype=torch.bool)
-    for i in vocab.special | ({padding_idx} if padding_idx is not None else set()):
-        if 0 <= i < matrix.shape[0]:
-            allowed[i] = False
-    pool = allowed.nonzero().flatten()
-    if len(pool) <= num_random:
-        return pool
-    gen = torch.Generator().manual_seed(seed)
-    return pool[torch.randperm(len(pool), generator=gen)[:num_random]].sort().values
-
-
 def _gaussian_log_p(candidates: Tensor, centre: Tensor, sig2: Tensor) -> Tensor:
     """``log N(x'; centre, sig2 I)`` for every layer and candidate: ``[L, N]`` (float64)."""
     k = centre.shape[-1]
@@ -310,48 +169,46 @@ def _gaussian_log_p(candidates: Tensor, centre: Tensor, sig2: Tensor) -> Tensor:
     return -0.5 * k * torch.log(2 * math.pi * sig2).unsqueeze(1) - d2.unsqueeze(0) / (2 * sig2.unsqueeze(1))
 
 
-def _state_log_p(est: "InfoFlowEstimator", result: InfoFlowResult, batch: inputs.Batch, sentence: int,
+def _state_log_p(est: InfoFlowEstimator, result: InfoFlowResult, batch: inputs.Batch, sentence: int,
                  position: int, candidates: Tensor, chunk: int, reference: Optional[inputs.Batch] = None) -> Tensor:
     """``-||Phi(x with x_i := x') - s||^2 / lam`` per layer and candidate: ``[L, N]`` (float64).
 
-    Hidden units are normalised by their standard deviation over ``reference`` (default: ``batch``), as
-    in the estimator.
+    Runs through the estimator's hooked forward (:class:`~lightning_infoflow.core.runner.ProbeRunner`):
+    the same layers, time axes, rows, checks and per-unit normalisation (over ``reference``, default
+    ``batch``) as the estimate.
     """
-    from lightning_infoflow.analysis.saliency import LayerProbe, model_as_found
-
     model = est.model
     device = guard.device_of(model)
     full = inputs.to_device(batch, device)
     mask = result.mask.to(device)
-    bsz = mask.shape[0]
-    with model_as_found(model, device), torch.no_grad():
-        probe = LayerProbe(model, full, mask, est.layer_names, est.embedding_module, est.position)
-        if [r.name for r in probe.rows] != list(result.layer_names):
-            raise ValueError(f"the estimator's rows {[r.name for r in probe.rows]} differ from the result's "
+    runner = ProbeRunner(model, est.embedding_name, est.layer_names)
+    ref_mask = None
+    if reference is not None:
+        ref_mask = inputs.word_mask(reference, est.pad_token_id).to(device)
+        reference = inputs.to_device(reference, device)
+    with guard.model_untouched(model, device), torch.no_grad():
+        prep = runner.prepare(full, mask, est.position, noise_scale=result.sigma_max, reference=reference,
+                              reference_mask=ref_mask, seed=est.seed + 1)
+        if [r.name for r in prep.rows] != list(result.layer_names):
+            raise ValueError(f"the estimator's rows {[r.name for r in prep.rows]} differ from the result's "
                              f"{result.layer_names}; pass the estimator and batch that produced the result")
-        if reference is not None:
-            ref_mask = est._validate_batch(reference).to(device)
-            probe = LayerProbe(model, inputs.to_device(reference, device), ref_mask, est.layer_names,
-                               est.embedding_module, est.position)
-        inv_std = {n: probe.inv_std(n) for n in probe.modules}
-        one = inputs.map_batch(full, lambda t: t[sentence:sentence + 1], bsz)
-        single = LayerProbe(model, one, mask[sentence:sentence + 1], est.layer_names, est.embedding_module, est.position)
-        out = torch.zeros(len(single.rows), candidates.shape[0], dtype=torch.float64)
+        out = torch.zeros(len(prep.rows), candidates.shape[0], dtype=torch.float64)
         for a in range(0, candidates.shape[0], chunk):
-            cand = candidates[a:a + chunk].to(device=device, dtype=single.x.dtype)
-            x = single.x.repeat(cand.shape[0], 1, 1)
+            cand = candidates[a:a + chunk].to(device=device, dtype=prep.x.dtype)
+            rows = torch.full((cand.shape[0],), sentence, dtype=torch.long, device=device)
+            x = prep.x[rows].clone()
             x[:, position] = cand
-            states = single.states(x)
-            for g, row in enumerate(single.rows):
-                s, m = single.select(g, states)
-                diff = (s - single.clean[row.module_name]) * inv_std[row.module_name]
-                err = (diff.pow(2).sum(-1) * m).sum(-1)
+            states: dict[str, Tensor] = {}
+            runner.forward(prep, runner.copies(prep, rows), x, runner.layer_names, states.__setitem__)
+            for g, row in enumerate(prep.rows):
+                diff = (states[row.module_name] - prep.clean(g)[rows]) * prep.inv_std[row.module_name]
+                err = (diff.pow(2).sum(-1) * prep.row_mask(g, rows)).sum(-1)
                 out[g, a:a + cand.shape[0]] = (-err / est.lam).double().cpu()
     return out
 
 
 def word_attributes(
-    source: Union["InfoFlowEstimator", nn.Embedding, Tensor],
+    source: Union[InfoFlowEstimator, nn.Embedding, Tensor],
     result: InfoFlowResult,
     sentence: int,
     word: Union[int, Sequence[int]],
@@ -418,6 +275,58 @@ def word_attributes(
         >>> attrs.concepts, tuple(attrs.remaining.shape), attrs.word
         (['emotion', 'noun'], (2, 2), 'unhappiness')
     """
+    sentence, positions = _checked_word(result, sentence, word, likelihood, split, num_random)
+    matrix, padding_idx = _embedding_matrix(source)
+    if matrix.shape[1] != result.embedding_dim:
+        raise ValueError(f"the vocabulary embeddings have dimension {matrix.shape[1]}, the result "
+                         f"{result.embedding_dim}; pass the embeddings of the space where the noise was added")
+    matrix = matrix.detach().cpu()
+    voc = Vocabulary(vocab)
+    concept_map = load_concepts(concepts)
+    ids = _word_ids(result, sentence, positions, voc, batch)
+    centre = matrix[ids].double().mean(0)
+    vectors, used, missing, pieces = concept_vectors(concept_map, voc, matrix, split)
+    sample = random_ids(matrix, voc, padding_idx, num_random, seed)
+    names = list(concept_map)
+    sizes = [0 if vectors[c] is None else vectors[c].shape[0] for c in names]  # type: ignore[union-attr]
+    candidates = torch.cat([centre.unsqueeze(0), matrix[sample].double()]
+                           + [v for v in vectors.values() if v is not None])
+
+    sigma = result.sigma[:, sentence, positions].double()  # [L, P]
+    sig2 = sigma.pow(2).sum(-1) / len(positions) ** 2
+    if likelihood == "gaussian":
+        log_p = _gaussian_log_p(candidates, centre, sig2)
+    else:
+        from lightning_infoflow.core.estimator import InfoFlowEstimator
+
+        if not isinstance(source, InfoFlowEstimator) or batch is None:
+            raise ValueError("likelihood='state' needs the estimator as `source` and the probe `batch`")
+        if len(positions) != 1:
+            raise ValueError("likelihood='state' replaces one word: pass one position (e.g. one word piece)")
+        log_p = _state_log_p(source, result, batch, sentence, positions[0], candidates, chunk_size, reference)
+    a_word, a_concept = _attributes(log_p, len(sample), sizes)
+    return WordAttributes(
+        layer_names=list(result.layer_names),
+        concepts=names,
+        word=voc.label(ids),
+        sentence=sentence,
+        positions=positions,
+        word_attribute=a_word,
+        concept_attribute=a_concept,
+        remaining=a_word.unsqueeze(1) - a_concept,
+        sigma=sig2.sqrt().float(),
+        concept_words=used,
+        missing=missing,
+        split=pieces,
+        split_policy=split,
+        num_random=len(sample),
+        likelihood=likelihood,
+    )
+
+
+def _checked_word(result: InfoFlowResult, sentence: int, word: Union[int, Sequence[int]], likelihood: str,
+                  split: str, num_random: int) -> tuple[int, list[int]]:
+    """The sentence index and the word's positions, both non-negative; a ValueError for bad arguments."""
     if likelihood not in ("gaussian", "state"):
         raise ValueError(f"`likelihood` must be 'gaussian' or 'state', got {likelihood!r}")
     if split not in ("average", "skip"):
@@ -435,64 +344,22 @@ def word_attributes(
     padded = [p for p in positions if not bool(result.mask[sentence, p])]
     if padded:
         raise ValueError(f"position(s) {padded} of sentence {sentence} are padding")
+    return sentence, positions
 
-    matrix, padding_idx = _embedding_matrix(source)
-    if matrix.shape[1] != result.embedding_dim:
-        raise ValueError(f"the vocabulary embeddings have dimension {matrix.shape[1]}, the result "
-                         f"{result.embedding_dim}; pass the embeddings of the space where the noise was added")
-    matrix = matrix.detach().cpu()
-    voc = _Vocab(vocab)
-    concept_map = load_concepts(concepts)
-    ids = _word_ids(result, sentence, positions, voc, batch)
-    centre = matrix[ids].double().mean(0)
-    vectors, used, missing, pieces = _concept_vectors(concept_map, voc, matrix, split)
-    random_ids = _random_ids(matrix, voc, padding_idx, num_random, seed)
-    random_vecs = matrix[random_ids].double()
-    names = list(concept_map)
-    sizes = [0 if vectors[c] is None else vectors[c].shape[0] for c in names]  # type: ignore[union-attr]
-    candidates = torch.cat([centre.unsqueeze(0), random_vecs] + [v for v in vectors.values() if v is not None])
 
-    sigma = result.sigma[:, sentence, positions].double()  # [L, P]
-    sig2 = sigma.pow(2).sum(-1) / len(positions) ** 2
-    if likelihood == "gaussian":
-        log_p = _gaussian_log_p(candidates, centre, sig2)
-    else:
-        from lightning_infoflow.core.estimator import InfoFlowEstimator
-
-        if not isinstance(source, InfoFlowEstimator) or batch is None:
-            raise ValueError("likelihood='state' needs the estimator as `source` and the probe `batch`")
-        if len(positions) != 1:
-            raise ValueError("likelihood='state' replaces one word: pass one position (e.g. one word piece)")
-        log_p = _state_log_p(source, result, batch, sentence, positions[0], candidates, chunk_size, reference)
-
-    own, rand = log_p[:, 0], log_p[:, 1:1 + len(random_ids)].mean(1)
-    cols, offset = [], 1 + len(random_ids)
-    for c, n in zip(names, sizes):
+def _attributes(log_p: Tensor, n_random: int, sizes: list[int]) -> tuple[Tensor, Tensor]:
+    """``A_i`` ``[L]`` and ``A_c`` ``[L, C]`` from ``log p`` of the word, the random sample and the concepts'
+    words, in that order (a concept of size 0 is the random sample itself)."""
+    own, rand = log_p[:, 0], log_p[:, 1:1 + n_random].mean(1)
+    cols, offset = [], 1 + n_random
+    for n in sizes:
         if n == 0:
             cols.append(rand)
         else:
             cols.append(log_p[:, offset:offset + n].mean(1))
             offset += n
     concept_lp = torch.stack(cols, dim=1)  # [L, C]
-    a_word = own - rand
-    a_concept = concept_lp - rand.unsqueeze(1)
-    return WordAttributes(
-        layer_names=list(result.layer_names),
-        concepts=names,
-        word=voc.label(ids),
-        sentence=sentence,
-        positions=positions,
-        word_attribute=a_word,
-        concept_attribute=a_concept,
-        remaining=a_word.unsqueeze(1) - a_concept,
-        sigma=sig2.sqrt().float(),
-        concept_words=used,
-        missing=missing,
-        split=pieces,
-        split_policy=split,
-        num_random=len(random_ids),
-        likelihood=likelihood,
-    )
+    return own - rand, concept_lp - rand.unsqueeze(1)
 
 
 # ---------------------------------------------------------------------------------------------- figure
@@ -505,7 +372,7 @@ def attribute_figure(
     log_scale: bool = False,
     width: float = 3.6,
     height: float = 3.0,
-) -> "Figure":
+) -> Figure:
     """Fig. 8 of the paper: ``r_{i,c}`` against the layer, one line per concept, one panel per result.
 
     Pass several :class:`WordAttributes` (e.g. one per model) to get panels side by side. Built on

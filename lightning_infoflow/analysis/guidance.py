@@ -42,7 +42,6 @@ Example::
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
@@ -51,6 +50,7 @@ import torch
 from torch import Tensor
 
 from lightning_infoflow.core.result import InfoFlowResult
+from lightning_infoflow.core.tokens import is_special_token
 
 TOO_LITTLE_RELATIVE = 0.5
 TOO_LITTLE_ABSOLUTE = 1.5
@@ -77,7 +77,6 @@ while who who's whom why why's with won't would wouldn't you you'd you'll you're
 yourselves 's 're 've 'll 'd n't 'm
 """.split())  # noqa: SIM905 - the list reads as text
 
-_SPECIAL = re.compile(r"^(\[[A-Za-z_]+\]|<[^<>\s]+>)$")
 _SUBWORD_MARKS = ("##", "\u0120", "\u2581")  # WordPiece, byte-level BPE (Ġ), SentencePiece (▁)
 
 Severity = Literal["warning", "info"]
@@ -378,7 +377,7 @@ def normalise_token(token: str) -> Optional[str]:
     >>> normalise_token("The"), normalise_token("\u0120the"), normalise_token("[CLS]"), normalise_token(",")
     ('the', 'the', None, None)
     """
-    if _SPECIAL.match(token):
+    if is_special_token(token):
         return None
     for mark in _SUBWORD_MARKS:
         token = token.removeprefix(mark)

@@ -29,9 +29,15 @@ whole state, conserved down to the words. The perturbation method needs no scala
 whole state (squared error per hidden unit, normalised by the unit's variance over the probe, as in
 Eq. 7).
 
-**Leaving the model alone.** The model runs in eval mode and every submodule's ``training`` flag is
-restored; gradients are taken with ``torch.autograd.grad`` with respect to the embedding output only, so
-no parameter's ``.grad`` changes; hooks are removed in ``finally`` blocks; the global RNG is untouched.
+**One hooked forward.** Every method runs through :class:`~lightning_infoflow.core.runner.ProbeRunner`,
+the estimator's own: the same layers, time axes (a ``Conv1d``'s time axis even when it has as many
+channels as words), rows and checks (embedding and layers called once, finite, depending on the input).
+
+**Leaving the model alone.** The model runs in eval mode under
+:func:`~lightning_infoflow.core.guard.model_untouched`: every submodule's ``training`` flag, every
+``requires_grad`` and every buffer are restored; gradients are taken with ``torch.autograd.grad`` with
+respect to the embedding output only, so no parameter's ``.grad`` changes; hooks are removed in
+``finally`` blocks; the global RNG is untouched; another thread's use of the model meanwhile is refused.
 cuDNN refuses the backward of an RNN in eval mode, so on CUDA, for a model containing ``nn.LSTM`` /
 ``nn.GRU`` / ``nn.RNN``, the computation runs under ``torch.backends.cudnn.flags(enabled=False)`` (slower
 native kernels, same numbers).
@@ -41,19 +47,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
-from lightning_infoflow.core import guard, hidden, inputs, resolve
+from lightning_infoflow.core import guard, inputs
+from lightning_infoflow.core.runner import Position, PreparedProbe, ProbeRunner
 
 Method = Literal["gradient", "integrated_gradients", "perturbation", "lrp"]
 METHODS: tuple[str, ...] = ("gradient", "integrated_gradients", "perturbation", "lrp")
 Target = Union[Literal["norm", "sum"], Callable[[Tensor, Tensor], Tensor]]
-Position = Union[Literal["all", "each"], int, Sequence[int]]
 
 
 @dataclass
@@ -88,190 +93,26 @@ class SaliencyResult:
         return self.sentence_total.mean(dim=-1)
 
 
-# ---------------------------------------------------------------------------------------------- context
-
-
-_StopForward = hidden.StopForward
-
-
-model_as_found = guard.model_untouched  # one definition of 'leave the model as found'
-
-
-_device_of = guard.device_of
-
-
-def _batch_mask(batch: inputs.Batch, pad_token_id: Optional[int]) -> Tensor:
-    return inputs.word_mask(batch, pad_token_id)
-
-
-_to = inputs.to_device
-
-
 # ---------------------------------------------------------------------------------------------- probe
 
 
 @dataclass
-class _Row:
-    """One output row: a watched module and the time step that forms the state (None: all of them)."""
+class _Probe:
+    """The hooked forward and the prepared probe that every method runs on."""
 
-    name: str
-    module_name: str
-    position: Optional[int]
-
-
-class LayerProbe:
-    """Runs a model with its embedding output replaced and reads the watched layers' states.
-
-    The shared machinery of the baselines and of :func:`~lightning_infoflow.word_attributes` with
-    ``likelihood="state"``: layers and embedding are resolved with :mod:`lightning_infoflow.taps` exactly as
-    the estimator resolves them, each layer's output is laid out ``[N, T', F]`` (batch and time located by
-    comparing a forward on ``B`` and on ``2B`` sentences), and :meth:`states` runs ``N = copies * B`` rows
-    (row ``r`` is sentence ``r % B``) with the embedding output replaced by ``x``.
-
-    Args:
-        model: the network, called as in training.
-        batch: the probe batch (on the model's device).
-        mask: bool ``[B, T]`` of real words.
-        layers: resolved module names to watch.
-        embedding_module: the module whose output is the word embeddings.
-        position: which time steps form the state, as for the estimator.
-    """
-
-    def __init__(self, model: nn.Module, batch: inputs.Batch, mask: Tensor, layers: Sequence[str],
-                 embedding_module: nn.Module, position: Position = "all") -> None:
-        self.model = model
-        self.batch = batch
-        self.mask = mask
-        self.bsz, self.seq = mask.shape
-        self.embedding = embedding_module
-        self.modules = {n: resolve.find_module(model, n, "layer") for n in layers}
-        self.x, single, self.order = self._forward_clean(batch, self.bsz)
-        _, double, _ = self._forward_clean(inputs.repeat_batch(batch, 2, self.bsz), 2 * self.bsz)
-        self.layout: dict[str, tuple[int, Optional[int], bool]] = {}
-        self.clean: dict[str, Tensor] = {}
-        for n in layers:
-            bdim, tdim = hidden.find_batch_and_time_dims(single[n], double[n], self.seq)
-            state = self._lay_out(single[n], bdim, tdim).float()
-            self.layout[n] = (bdim, tdim, tdim is not None and state.shape[1] == self.seq)
-            self.clean[n] = state
-        self.rows = self._rows(layers, position)
-        self.state_masks = [self._state_mask(r) for r in self.rows]
-
-    # ----------------------------------------------------------------- set-up
-
-    @staticmethod
-    def _lay_out(t: Tensor, bdim: int, tdim: Optional[int]) -> Tensor:
-        return hidden.layout(t, bdim, tdim)
-
-    def _forward_clean(self, batch: inputs.Batch, bsz: int) -> tuple[Tensor, dict[str, Tensor], list[str]]:
-        emb: list[Tensor] = []
-        out: dict[str, Tensor] = {}
-        order: list[str] = []
-
-        def emb_hook(_m: nn.Module, _i: Any, output: Any) -> None:
-            t = hidden.first_tensor(output)
-            if t.dim() != 3 or t.shape[0] != bsz:
-                raise ValueError(f"the embedding module returned shape {tuple(t.shape)}; expected [B, T, K]")
-            emb.append(t.detach())
-
-        def hook(name: str) -> Any:
-            def fn(_m: nn.Module, _i: Any, output: Any) -> None:
-                if name not in out:
-                    order.append(name)
-                    out[name] = hidden.first_tensor(output).detach()
-            return fn
-
-        with ExitStack() as stack, torch.no_grad():
-            for h in [self.embedding.register_forward_hook(emb_hook)] + [
-                m.register_forward_hook(hook(n)) for n, m in self.modules.items()
-            ]:
-                stack.callback(h.remove)
-            inputs.call_model(self.model, batch)
-        if not emb:
-            raise ValueError("the embedding module was not called by the model's forward; pass embedding=...")
-        missing = [n for n in self.modules if n not in out]
-        if missing:
-            raise ValueError(f"layer(s) {missing} were not called by the model's forward; check `layers`")
-        return emb[0], out, order
-
-    def _rows(self, layers: Sequence[str], position: Position) -> list[_Row]:
-        rows = []
-        for name in layers:
-            if position == "all":
-                rows.append(_Row(name, name, None))
-                continue
-            length = self.clean[name].shape[1]
-            if position == "each":
-                positions: Sequence[int] = range(length)
-            elif isinstance(position, int):
-                positions = [position]
-            else:
-                positions = list(position)  # type: ignore[arg-type]
-            for p in positions:
-                if not -length <= p < length:
-                    raise ValueError(f"position {p} is outside layer {name!r}'s {length} time steps")
-                rows.append(_Row(f"{name}@{p}", name, p))
-        return rows
-
-    def _state_mask(self, row: _Row) -> Tensor:
-        """``[B, T']``: 1 where the state has a time step that counts (padding and other steps are 0)."""
-        _, _, aligned = self.layout[row.module_name]
-        return hidden.state_mask(self.clean[row.module_name].shape[1], row.position, aligned, self.mask)
-
-    def inv_std(self, module_name: str) -> Tensor:
-        """1 / std of each hidden unit over the probe's real time steps (as in the estimator)."""
-        return hidden.unit_inv_std(self.clean[module_name], self.mask, self.layout[module_name][2])
-
-    # ----------------------------------------------------------------- running
+    runner: ProbeRunner
+    prep: PreparedProbe
 
     def states(self, x: Tensor, modules: Optional[Sequence[str]] = None,
                extra_hooks: Sequence[tuple[nn.Module, Any]] = ()) -> dict[str, Tensor]:
-        """Run ``x.shape[0]`` rows (a multiple of B) with embedding output ``x``; states ``[N, T', F]``.
-
-        Only ``modules`` (default: all watched ones) are read, and the forward stops after the deepest.
-        ``extra_hooks`` are ``(module, forward_hook)`` pairs registered for this call only.
-        """
-        names = list(self.modules) if modules is None else list(modules)
-        deepest = max(names, key=self.order.index)
-        n = x.shape[0]
-        if n % self.bsz:
-            raise ValueError(f"{n} rows is not a multiple of the probe's {self.bsz} sentences")
-        batch = inputs.repeat_batch(self.batch, n // self.bsz, self.bsz) if n != self.bsz else self.batch
-        got: dict[str, Tensor] = {}
-
-        def emb_hook(_m: nn.Module, _i: Any, output: Any) -> Any:
-            return hidden.replace_first_tensor(output, x.to(hidden.first_tensor(output).dtype))
-
-        def hook(name: str) -> Any:
-            def fn(_m: nn.Module, _i: Any, output: Any) -> None:
-                if name not in got:
-                    bdim, tdim, _ = self.layout[name]
-                    got[name] = self._lay_out(hidden.first_tensor(output), bdim, tdim).float()
-                if name == deepest:
-                    raise _StopForward
-            return fn
-
-        with ExitStack() as stack:
-            handles = [self.embedding.register_forward_hook(emb_hook)]
-            handles += [m.register_forward_hook(f) for m, f in extra_hooks]
-            handles += [self.modules[nm].register_forward_hook(hook(nm)) for nm in names]
-            for h in handles:
-                stack.callback(h.remove)
-            try:
-                inputs.call_model(self.model, batch)
-            except _StopForward:
-                pass
-        return got
-
-    def row_mask(self, g: int, n: int) -> Tensor:
-        """State mask of row ``g`` for ``n`` copies-of-batch rows: ``[n, T']``."""
-        sm = self.state_masks[g]
-        return sm.repeat(n // self.bsz, 1)
+        """States ``[N, T', F]`` for ``N`` rows of embeddings ``x`` (row ``r`` is sentence ``r % B``)."""
+        return self.runner.states(self.prep, x, modules, extra_hooks)
 
     def select(self, g: int, states: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Row ``g``'s state ``[N, T', F]`` and its mask ``[N, T']``."""
-        s = states[self.rows[g].module_name]
-        return s, self.row_mask(g, s.shape[0])
+        s = states[self.prep.rows[g].module_name]
+        sentences = torch.arange(s.shape[0], device=s.device) % self.prep.batch_size
+        return s, self.prep.row_mask(g, sentences)
 
 
 # ---------------------------------------------------------------------------------------------- targets
@@ -299,26 +140,27 @@ def _captum_attr() -> Any:
     return captum.attr
 
 
-def _gradient(probe: LayerProbe, f: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
-    x = probe.x.detach().clone().requires_grad_(True)
+def _gradient(probe: _Probe, f: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+    x = probe.prep.x.detach().clone().requires_grad_(True)
+    rows = probe.prep.rows
     out = []
     with torch.enable_grad():
         states = probe.states(x)
-        for g in range(len(probe.rows)):
+        for g in range(len(rows)):
             value = f(*probe.select(g, states)).sum()
-            (grad,) = torch.autograd.grad(value, x, retain_graph=g < len(probe.rows) - 1, allow_unused=True)
+            (grad,) = torch.autograd.grad(value, x, retain_graph=g < len(rows) - 1, allow_unused=True)
             grad = torch.zeros_like(x) if grad is None else grad
             out.append(grad.abs().float().mean(-1))
     return torch.stack(out)
 
 
-def _integrated_gradients(probe: LayerProbe, f: Callable[[Tensor, Tensor], Tensor], steps: int,
+def _integrated_gradients(probe: _Probe, f: Callable[[Tensor, Tensor], Tensor], steps: int,
                           internal_batch_size: Optional[int]) -> Tensor:
     IntegratedGradients = _captum_attr().IntegratedGradients
-    x = probe.x.detach()
-    baseline = x * (~probe.mask).unsqueeze(-1).to(x.dtype)  # zero at real words, padding held fixed
+    x = probe.prep.x.detach()
+    baseline = x * (~probe.prep.mask).unsqueeze(-1).to(x.dtype)  # zero at real words, padding held fixed
     out = []
-    for g, row in enumerate(probe.rows):
+    for g, row in enumerate(probe.prep.rows):
         def forward(xs: Tensor, g: int = g, module: str = row.module_name) -> Tensor:
             return f(*probe.select(g, probe.states(xs, [module])))
 
@@ -338,10 +180,11 @@ def _blurred(x: Tensor, mask: Tensor, sigma: float) -> Tensor:
     return torch.einsum("bij,bjk->bik", w, x.float()).to(x.dtype)
 
 
-def _perturbation(probe: LayerProbe, steps: int, lr: float, l1: float, tv: float,
+def _perturbation(probe: _Probe, steps: int, lr: float, l1: float, tv: float,
                   fill: str, blur_sigma: float, seed: int) -> Tensor:
-    x = probe.x.detach()
-    mask = probe.mask
+    prep = probe.prep
+    x = prep.x.detach()
+    mask = prep.mask
     real = mask.float()
     if fill == "blur":
         x0 = _blurred(x, mask, blur_sigma)
@@ -352,10 +195,9 @@ def _perturbation(probe: LayerProbe, steps: int, lr: float, l1: float, tv: float
     else:
         raise ValueError(f"`mask_fill` must be 'blur', 'zero' or 'mean', got {fill!r}")
     x0 = torch.where(mask.unsqueeze(-1), x0, x)  # padding is never perturbed
-    n_rows, bsz = len(probe.rows), probe.bsz
-    inv_std = {n: probe.inv_std(n) for n in probe.modules}
+    n_rows, bsz, seq = len(prep.rows), prep.batch_size, prep.seq_len
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    logits = (0.01 * torch.randn(n_rows, bsz, probe.seq, generator=gen)).to(x.device).requires_grad_(True)
+    logits = (0.01 * torch.randn(n_rows, bsz, seq, generator=gen)).to(x.device).requires_grad_(True)
     opt = torch.optim.Adam([logits], lr=lr)
     pairs = real[:, 1:] * real[:, :-1]
     words = real.sum(1)
@@ -363,13 +205,13 @@ def _perturbation(probe: LayerProbe, steps: int, lr: float, l1: float, tv: float
     for _ in range(steps):
         with torch.enable_grad():
             m = torch.sigmoid(logits) * real + (1 - real)  # [G, B, T]
-            xm = x0r + m.reshape(-1, probe.seq, 1).to(x.dtype) * (xr - x0r)
+            xm = x0r + m.reshape(-1, seq, 1).to(x.dtype) * (xr - x0r)
             states = probe.states(xm)
             loss = logits.new_zeros(())
-            for g, row in enumerate(probe.rows):
+            for g, row in enumerate(prep.rows):
                 s = states[row.module_name][g * bsz:(g + 1) * bsz]
-                sm = probe.state_masks[g]
-                diff = (s - probe.clean[row.module_name]) * inv_std[row.module_name]
+                sm = prep.state_masks[g]
+                diff = (s - prep.clean(g)) * prep.inv_std[row.module_name]
                 distortion = (diff.pow(2).sum(-1) * sm).sum(-1) / (sm.sum(-1) * s.shape[-1]).clamp_min(1.0)
                 sparsity = (m[g] * real).sum(-1) / words
                 smooth = ((m[g, :, 1:] - m[g, :, :-1]).abs() * pairs).sum(-1) / words
@@ -391,24 +233,25 @@ def _lrp_supported(module: nn.Module) -> bool:
             or type(module) in SUPPORTED_NON_LINEAR_LAYERS)
 
 
-def _lrp_path(probe: LayerProbe, module_name: str) -> list[nn.Module]:
+def _lrp_path(probe: _Probe, module_name: str) -> list[nn.Module]:
     """Leaf modules run between the embedding output and the layer's output; refuses unsupported ones."""
-    names = {id(m): n for n, m in probe.model.named_modules()}
-    emb_subtree = {id(m) for m in probe.embedding.modules()}
+    model, embedding = probe.runner.model, probe.runner.embedding
+    names = {id(m): n for n, m in model.named_modules()}
+    emb_subtree = {id(m) for m in embedding.modules()}
     called: list[nn.Module] = []
     started = [False]
 
     def record(module: nn.Module) -> Any:
         def fn(_m: nn.Module, _i: Any, _o: Any) -> None:
-            if module is probe.embedding:
+            if module is embedding:
                 started[0] = True
             elif started[0] and id(module) not in emb_subtree and module not in called:
                 called.append(module)
         return fn
 
-    hooks = [(m, record(m)) for m in probe.model.modules()]
+    hooks = [(m, record(m)) for m in model.modules()]
     with torch.no_grad():
-        probe.states(probe.x, [module_name], extra_hooks=hooks)
+        probe.states(probe.prep.x, [module_name], extra_hooks=hooks)
     bad = []
     called = [m for m in called if not isinstance(m, _LRP_TRANSPARENT)]
     for m in called:
@@ -433,7 +276,7 @@ class _LRPNet(nn.Module):
     the model itself is kept out of the module tree.
     """
 
-    def __init__(self, probe: LayerProbe, g: int, f: Callable[[Tensor, Tensor], Tensor],
+    def __init__(self, probe: _Probe, g: int, f: Callable[[Tensor, Tensor], Tensor],
                  path: list[nn.Module]) -> None:
         super().__init__()
         self.path = nn.ModuleList(path)
@@ -442,22 +285,22 @@ class _LRPNet(nn.Module):
         self._f = f
 
     def forward(self, x: Tensor) -> Tensor:
-        probe: LayerProbe = self._probe  # type: ignore[assignment]
-        states = probe.states(x, [probe.rows[self._g].module_name])
+        probe: _Probe = self._probe  # type: ignore[assignment]
+        states = probe.states(x, [probe.prep.rows[self._g].module_name])
         return self._f(*probe.select(self._g, states))
 
 
-def _lrp(probe: LayerProbe, f: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+def _lrp(probe: _Probe, f: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
     LRP = _captum_attr().LRP
     out = []
-    paths = {n: _lrp_path(probe, n) for n in {r.module_name for r in probe.rows}}
-    for g, row in enumerate(probe.rows):
+    paths = {n: _lrp_path(probe, n) for n in {r.module_name for r in probe.prep.rows}}
+    for g, row in enumerate(probe.prep.rows):
         path = paths[row.module_name]
         saved = {id(m): m.__dict__["rule"] for m in path if "rule" in m.__dict__}
         try:
             net = _LRPNet(probe, g, f, path)
             with torch.enable_grad():
-                attr = LRP(net).attribute(probe.x.detach().clone().requires_grad_(True))
+                attr = LRP(net).attribute(probe.prep.x.detach().clone().requires_grad_(True))
         finally:
             for m in path:  # Captum deletes `rule` and leaves `activations` on the modules
                 m.__dict__.pop("activations", None)
@@ -553,15 +396,12 @@ def saliency(
             raise ValueError(f"`mask_steps` must be a positive int, got {mask_steps!r}")
         if mask_l1 < 0 or mask_tv < 0 or not blur_sigma > 0 or not mask_lr > 0:
             raise ValueError("`mask_l1` and `mask_tv` must be >= 0, `blur_sigma` and `mask_lr` > 0")
-    device = _device_of(model)
-    mask = _batch_mask(batch, pad_token_id).to(device)
-    batch = _to(batch, device)
-    emb_name, emb_module = resolve.resolve_embedding(model, embedding)
-    layer_names = resolve.resolve_layers(model, layers, emb_name)
-    if emb_name in layer_names:
-        raise ValueError(f"the embedding module {emb_name!r} cannot also be a watched layer")
-    with model_as_found(model, device):
-        probe = LayerProbe(model, batch, mask, layer_names, emb_module, position)
+    device = guard.device_of(model)
+    mask = inputs.word_mask(batch, pad_token_id).to(device)
+    batch = inputs.to_device(batch, device)
+    runner = ProbeRunner.resolve(model, layers, embedding)
+    with guard.model_untouched(model, device):
+        probe = _Probe(runner, runner.prepare(batch, mask, position, seed=seed + 1))
         if method == "gradient":
             values = _gradient(probe, f)
         elif method == "integrated_gradients":
@@ -571,11 +411,11 @@ def saliency(
         else:
             values = _lrp(probe, f)
     values = values.cpu().masked_fill(~mask.cpu().expand_as(values), math.nan)
-    meta: dict[str, Any] = {"embedding": emb_name}
+    meta: dict[str, Any] = {"embedding": runner.embedding_name}
     if method == "integrated_gradients":
         meta.update(ig_steps=ig_steps, baseline="zero")
     if method == "perturbation":
         meta.update(mask_steps=mask_steps, mask_lr=mask_lr, mask_l1=mask_l1, mask_tv=mask_tv,
                     mask_fill=mask_fill, blur_sigma=blur_sigma)
     target_name = "state" if method == "perturbation" else (target if isinstance(target, str) else "callable")
-    return SaliencyResult([r.name for r in probe.rows], values, mask.cpu(), method, target_name, meta)
+    return SaliencyResult([r.name for r in probe.prep.rows], values, mask.cpu(), method, target_name, meta)

@@ -91,19 +91,24 @@ def unit_inv_std(state: Tensor, mask: Any, aligned: bool) -> Tensor:
 def state_mask(length: int, position: Any, aligned: bool, mask: Tensor) -> Tensor:
     """``[B, T']`` weights of the time steps that form the state ``s``, per sentence.
 
-    ``position`` None: every (real, where ``aligned``) time step; an int: that time step (negative counts
-    from each sentence's last real word when ``aligned``). A sentence whose selected time step is padding
-    gets an all-zero row: it has no state there.
+    ``position`` None: every (real, where ``aligned``) time step. An int, where ``aligned``: one real word
+    of each sentence, counted over the real words read off ``mask`` (``0`` the first, ``-1`` the last),
+    so that left padding (decoder tokenizers) and right padding select the same word; otherwise that time
+    step. A sentence without such a word (fewer real words than the position asks for) gets an all-zero
+    row: it has no state there.
     """
     bsz, device = mask.shape[0], mask.device
     if position is None:
         return mask.float() if aligned else torch.ones(bsz, length, device=device)
-    if aligned and position < 0:
-        idx = mask.sum(1) + position  # counted from each sentence's last real word (right padding)
-    else:
+    if not aligned:
         idx = torch.full((bsz,), position % length, device=device)
-    out = (torch.arange(length, device=device)[None, :] == idx[:, None]).float()
-    return out * mask.float() if aligned else out
+        return (torch.arange(length, device=device)[None, :] == idx[:, None]).float()
+    real = mask.long()
+    if position >= 0:
+        rank = real.cumsum(1) - 1  # 0 at each sentence's first real word
+        return ((rank == position) & mask).float()
+    rank = real.flip(1).cumsum(1).flip(1)  # 1 at each sentence's last real word
+    return ((rank == -position) & mask).float()
 
 
 class StopForward(BaseException):

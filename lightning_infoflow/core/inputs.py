@@ -8,7 +8,6 @@ from typing import Any, Union
 import torch
 from torch import Tensor, nn
 
-
 Batch = Union[Tensor, Mapping[str, Any]]
 
 
@@ -27,17 +26,39 @@ def input_ids_of(batch: Batch) -> Tensor:
     )
 
 
-def map_batch(batch: Batch, fn: Any, batch_size: int) -> Batch:
-    """Apply ``fn`` to every tensor of ``batch`` whose first dimension is the batch."""
+def select_rows(batch: Batch, rows: Tensor, batch_size: int) -> Batch:
+    """The batch with row ``r`` holding sentence ``rows[r]`` (copies of sentences, or a subset of them).
+
+    Every entry that holds one item per sentence is indexed: a tensor whose first dimension is the batch,
+    and a list or tuple of ``batch_size`` items (a per-sentence keyword such as ``lengths=[6, 5, 4]``).
+    Other entries are passed unchanged.
+    """
     if isinstance(batch, Tensor):
-        return fn(batch)
-    return {k: fn(v) if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == batch_size else v
-            for k, v in batch.items()}
+        return batch.index_select(0, rows.to(batch.device))
+    index = rows.tolist()
+    out: dict[str, Any] = {}
+    for key, value in batch.items():
+        if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == batch_size:
+            out[key] = value.index_select(0, rows.to(value.device))
+        elif isinstance(value, (list, tuple)) and len(value) == batch_size:
+            out[key] = type(value)(value[i] for i in index)
+        else:
+            out[key] = value
+    return out
 
 
 def repeat_batch(batch: Batch, times: int, batch_size: int) -> Batch:
     """``times`` copies of the batch stacked along dim 0 (copy c holds sentence c % batch_size)."""
-    return map_batch(batch, lambda t: t.repeat(times, *([1] * (t.dim() - 1))), batch_size)
+    return select_rows(batch, torch.arange(times * batch_size) % batch_size, batch_size)
+
+
+def unchanged_entries(batch: Batch, batch_size: int) -> list[str]:
+    """Names of the entries :func:`select_rows` passes unchanged (not recognised as one item per sentence)."""
+    if isinstance(batch, Tensor):
+        return []
+    return [k for k, v in batch.items()
+            if not (isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == batch_size)
+            and not (isinstance(v, (list, tuple)) and len(v) == batch_size)]
 
 
 def call_model(model: nn.Module, batch: Batch) -> Any:

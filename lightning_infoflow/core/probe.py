@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
@@ -12,7 +11,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_infoflow.core.inputs import Batch
+from lightning_infoflow.core.inputs import Batch, select_rows
 
 ProbeLike = Union[str, Sequence[str], Sequence[Sequence[int]], Tensor, Mapping[str, Any], Dataset, DataLoader]
 
@@ -32,12 +31,8 @@ class Probe:
         return int(self.input_ids.shape[0])
 
     def select(self, sentences: Tensor) -> Batch:
-        """The batch rows of the given sentence indices (every tensor whose first dimension is the batch)."""
-        n = len(self)
-        if isinstance(self.batch, Tensor):
-            return self.batch[sentences]
-        return {k: v[sentences] if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == n else v
-                for k, v in self.batch.items()}
+        """The batch rows of the given sentence indices (see :func:`~lightning_infoflow.core.inputs.select_rows`)."""
+        return select_rows(self.batch, torch.as_tensor(sentences, dtype=torch.long), len(self))
 
 
 def build_probe(
@@ -79,7 +74,7 @@ def build_probe(
         probe = read_sentences(probe)
     if isinstance(probe, (Dataset, DataLoader)):
         batch = _from_dataset(probe, num_sentences, pad_token_id)
-    elif isinstance(probe, Tensor) or isinstance(probe, Mapping):
+    elif isinstance(probe, (Tensor, Mapping)):
         batch = probe
     elif isinstance(probe, Sequence) and probe and all(isinstance(s, str) for s in probe):
         if tokenizer is None:
@@ -87,7 +82,8 @@ def build_probe(
                 "the probe is a list of strings but no `tokenizer` was given; pass tokenizer=<a Hugging Face "
                 "tokenizer or a callable list[str] -> token ids>"
             )
-        texts = list(probe)[:num_sentences] if num_sentences else list(probe)
+        strings = [str(s) for s in probe]
+        texts = strings[:num_sentences] if num_sentences else strings
         batch = _encode(texts, tokenizer, max_length, pad_token_id)
     elif isinstance(probe, Sequence) and probe and all(isinstance(r, Sequence) for r in probe):
         batch = _pad([torch.as_tensor(list(r), dtype=torch.long) for r in probe], pad_token_id)
@@ -131,7 +127,9 @@ def _load_tokenizer(path: str) -> Callable[..., Any]:
     try:
         from transformers import AutoTokenizer
     except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ValueError("a tokenizer given by path needs transformers: pip install 'lightning-infoflow[transformers]'") from err
+        raise ValueError(
+            "a tokenizer given by path needs transformers: pip install 'lightning-infoflow[transformers]'"
+        ) from err
     return AutoTokenizer.from_pretrained(path)
 
 
@@ -167,7 +165,8 @@ def _from_dataset(data: Union[Dataset, DataLoader], n: Optional[int], pad_id: in
     rows: list[Tensor] = []
     if isinstance(data, DataLoader):
         for batch in data:
-            ids = batch["input_ids"] if isinstance(batch, Mapping) else batch[0] if isinstance(batch, (tuple, list)) else batch
+            ids = (batch["input_ids"] if isinstance(batch, Mapping)
+                   else batch[0] if isinstance(batch, (tuple, list)) else batch)
             rows.extend(ids[: n - len(rows)])
             if len(rows) >= n:
                 break

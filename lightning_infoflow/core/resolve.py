@@ -110,9 +110,9 @@ def resolve_layers(model: nn.Module, layers: str | Sequence[str], embedding_name
     """
     names = [n for n, _ in model.named_modules() if n]
     if layers == "auto":
-        out = _auto_layers(model, embedding_name)
-        _warn_stacked_rnns(model, out)
-        return out
+        found = _auto_layers(model, embedding_name)
+        _warn_stacked_rnns(model, found)
+        return found
     if isinstance(layers, str):
         layers = [layers]
     if len(layers) == 0:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 import torch
@@ -30,6 +30,10 @@ class InfoFlowResult:
         loss: float32 ``[L]`` final value of Eq. 7 per layer, averaged over sentences.
         tokens: optional word strings per sentence, for labels.
         meta: free-form primitives (step, lam, steps, ...).
+        unstable: bool ``[L, B, T]``, True where the layer's output was not finite under the noise: the
+            word's sigma is NaN, and every summary of its layer (``layer_information``, ``mean_entropy``,
+            ``effective_words``) and of its sentence (``sentence_information``) is NaN rather than an
+            average that silently leaves it out. All False when not given (files written before the field).
 
     Example::
 
@@ -51,12 +55,20 @@ class InfoFlowResult:
     loss: Optional[Tensor] = None
     tokens: Optional[list[list[str]]] = None
     meta: dict[str, Any] = field(default_factory=dict)
+    unstable: Optional[Tensor] = None
 
     def __post_init__(self) -> None:
         if self.at_bound is None:
             self.at_bound = (self.sigma >= self.sigma_max * (1 - 1e-4)) & self.mask.expand_as(self.sigma)
         if self.loss is None:
             self.loss = torch.full((len(self.layer_names),), float("nan"))
+        if self.unstable is None:
+            self.unstable = torch.zeros(self.sigma.shape, dtype=torch.bool)
+
+    def _unstable_layers(self) -> Tensor:
+        """``[L]``: True for a layer with any unstable word."""
+        assert self.unstable is not None
+        return self.unstable.flatten(1).any(-1)
 
     @property
     def entropy(self) -> Tensor:
@@ -75,7 +87,9 @@ class InfoFlowResult:
     @property
     def sentence_information(self) -> Tensor:
         """Sum of word information per sentence, ``[L, B]`` (sentence level, Eq. 3)."""
-        return measures.sentence_information(self.information)
+        assert self.unstable is not None
+        info = measures.sentence_information(self.information)
+        return info.masked_fill(self.unstable.any(-1), float("nan"))
 
     @property
     def layer_information(self) -> Tensor:
@@ -83,17 +97,19 @@ class InfoFlowResult:
 
         The corpus-level information of Eq. 2 (averaged over sentences) divided by the number of words.
         """
-        return measures.mean_word_information(self.information)
+        info = measures.mean_word_information(self.information)
+        return info.masked_fill(self._unstable_layers(), float("nan"))
 
     @property
     def mean_entropy(self) -> Tensor:
         """Mean word entropy H(X_i | s) per layer, ``[L]`` nats."""
-        return measures.mean_word_information(self.entropy)
+        return measures.mean_word_information(self.entropy).masked_fill(self._unstable_layers(), float("nan"))
 
     @property
     def effective_words(self) -> Tensor:
         """Effective number of words each layer keeps, averaged over sentences (that have a state), ``[L]``."""
-        return torch.nanmean(measures.effective_words(self.information), dim=-1)
+        words = torch.nanmean(measures.effective_words(self.information), dim=-1)
+        return words.masked_fill(self._unstable_layers(), float("nan"))
 
     def words(self, sentence: int) -> list[str]:
         """The real (non-padded) words of one probe sentence: its tokens, or their positions as text.
@@ -121,6 +137,7 @@ class InfoFlowResult:
             loss=self.loss,
             tokens=[self.tokens[i] for i in idx.tolist()] if self.tokens else None,
             meta=dict(self.meta),
+            unstable=None if self.unstable is None else self.unstable[:, idx],
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -138,6 +155,7 @@ class InfoFlowResult:
             "embedding_dim": int(self.embedding_dim),
             "tokens": self.tokens,
             "meta": dict(self.meta),
+            "unstable": self.unstable,
         }
 
     @classmethod
@@ -154,14 +172,15 @@ class InfoFlowResult:
             loss=data["loss"],
             tokens=data["tokens"],
             meta=dict(data["meta"]),
+            unstable=data.get("unstable"),  # absent from files written before the field
         )
 
-    def save(self, path: Union[str, "os.PathLike[str]"]) -> None:
+    def save(self, path: Union[str, os.PathLike[str]]) -> None:
         """Write the result with ``torch.save`` as a plain dict; read it back with :meth:`load` or with
         ``torch.load(path, weights_only=True)`` without this package. The write is atomic: a failure
         leaves no partial file (:func:`~lightning_infoflow.core.files.atomic_write`)."""
         atomic_write(path, lambda f: torch.save(self.to_dict(), f))
 
     @classmethod
-    def load(cls, path: Union[str, "os.PathLike[str]"]) -> InfoFlowResult:
+    def load(cls, path: Union[str, os.PathLike[str]]) -> InfoFlowResult:
         return cls.from_dict(torch.load(path, map_location="cpu", weights_only=True))

@@ -164,3 +164,31 @@ def test_batch_utilities() -> None:
     assert inputs.batch_size_of(batch) == 2
     with pytest.raises(ValueError, match="LongTensor"):
         inputs.input_ids_of({"ids": torch.zeros(1, 1)})
+
+
+def test_select_rows_indexes_per_sentence_lists_and_names_what_it_leaves() -> None:
+    batch = {"input_ids": torch.arange(6).view(3, 2), "lengths": [2, 1, 2], "tags": ("a", "b", "c"),
+             "scale": 0.5, "other": [1, 2]}
+    rows = inputs.select_rows(batch, torch.tensor([2, 0, 2]), 3)
+    assert rows["lengths"] == [2, 2, 2] and rows["tags"] == ("c", "a", "c") and rows["other"] == [1, 2]
+    assert torch.equal(rows["input_ids"], torch.tensor([[4, 5], [0, 1], [4, 5]]))
+    assert inputs.unchanged_entries(batch, 3) == ["scale", "other"]
+
+
+def test_state_mask_counts_integer_positions_over_real_words() -> None:
+    left = torch.tensor([[False, False, True, True], [True, True, True, True]])
+    last = hidden.state_mask(4, -1, True, left)
+    first = hidden.state_mask(4, 0, True, left)
+    second_last = hidden.state_mask(4, -2, True, left)
+    assert last.tolist() == [[0, 0, 0, 1], [0, 0, 0, 1]]
+    assert first.tolist() == [[0, 0, 1, 0], [1, 0, 0, 0]]
+    assert second_last.tolist() == [[0, 0, 1, 0], [0, 0, 1, 0]]
+    assert hidden.state_mask(4, -3, True, left)[0].sum() == 0  # the sentence has two words: no state there
+    assert hidden.state_mask(4, 1, False, left).tolist() == [[0, 1, 0, 0]] * 2  # not the word axis: time step 1
+
+
+def test_special_tokens_are_one_pattern() -> None:
+    from lightning_infoflow.core.tokens import is_special_token
+
+    assert all(is_special_token(t) for t in ["[CLS]", "[unused17]", "<s>", "<pad>", "<|endoftext|>"])
+    assert not any(is_special_token(t) for t in ["the", "<3", "[", "a [b] c", "##ing"])

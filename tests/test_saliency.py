@@ -59,6 +59,18 @@ def _ids(batch: int = 3, seed: int = 1) -> Tensor:
 FAST = {"ig_steps": 16, "mask_steps": 120}
 
 
+class ChannelsEqualWords(nn.Module):
+    """A Conv1d whose output ``[B, C, T]`` has as many channels as the sentences have words."""
+
+    def __init__(self, words: int = SEQ, dim: int = 8) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(30, dim)
+        self.conv = nn.Conv1d(dim, words, kernel_size=3, padding=1)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.conv(self.emb(ids).transpose(1, 2))
+
+
 # ---------------------------------------------------------------------------------------------- methods
 
 
@@ -204,3 +216,27 @@ def test_lstm_under_cudnn_in_eval_mode(method: str) -> None:
     gpu = saliency(model, ids.cuda(), method=method, pad_token_id=0, ig_steps=8, mask_steps=20)
     assert torch.backends.cudnn.enabled and not model.training
     torch.testing.assert_close(gpu.values, cpu.values, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["gradient", "integrated_gradients"])
+def test_conv1d_with_as_many_channels_as_words_uses_the_time_axis(method: str) -> None:
+    """Time step 0 of a kernel-3 convolution sees words 0 and 1 only (the channel axis has the same length)."""
+    out = saliency(ChannelsEqualWords(), _ids(), layers="conv", position=0, method=method, **FAST)
+    assert (out.values[0, :, :2] > 0).all() and (out.values[0, :, 2:] == 0).all()
+
+
+def test_saliency_runs_the_estimators_checks() -> None:
+    """The hooked forward is the estimator's: a layer that does not depend on the embeddings is refused."""
+
+    class ConstantBranch(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(30, 8)
+            self.lin = nn.Linear(8, 8)
+            self.const = nn.Linear(1, 8)
+
+        def forward(self, ids: Tensor) -> Tensor:
+            return self.lin(self.emb(ids)) + self.const(torch.ones(ids.shape[0], ids.shape[1], 1))
+
+    with pytest.raises(ValueError, match="'const' does not depend on the input embeddings"):
+        saliency(ConstantBranch(), _ids(), layers=["lin", "const"], embedding="emb")
