@@ -339,8 +339,6 @@ def test_max_length_reaches_the_tokenizer(tmp_path):
     assert seen == [(True, 8)] and cb.last_result.sigma.shape == (2, 2, 8)
 
 
-@pytest.mark.xfail(strict=True, reason="the estimator's closed-form start fails on a dtype mismatch for models that "
-                                       "are not float32 (fixed in core: the estimator keeps its own tensors float32)")
 @pytest.mark.parametrize("precision", ["bf16-true", "16-true", "64-true"])
 def test_models_trained_in_other_precisions_are_measured(tmp_path, precision):
     cb = InfoFlowCallback(probe_ids(), every_n_train_steps=2, log_spaced=False, heatmaps=0, **FAST)

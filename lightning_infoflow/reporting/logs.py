@@ -28,7 +28,7 @@ def _unknown_tag(loader: yaml.Loader, suffix: str, node: yaml.Node) -> Any:
         return loader.construct_scalar(node)
     if isinstance(node, yaml.SequenceNode):
         return loader.construct_sequence(node, deep=True)
-    return loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
+    return loader.construct_mapping(node, deep=True)
 
 
 _LenientLoader.add_multi_constructor("", _unknown_tag)
