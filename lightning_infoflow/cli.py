@@ -134,7 +134,7 @@ def report(run_dir: str, out: str | None, steps_spec: str, stop_words: str | Non
         with progress_bars(progress and not quiet) as task:
             run, path, findings = _report_one(source, folder, steps_spec, words, min_words, task)
         if quiet:
-            console().print(path, markup=False)
+            click.echo(path)
         else:
             _print_report(run, path, findings, namespaces=len(sources) > 1)
 
@@ -219,7 +219,7 @@ def compare(run_dirs: tuple[str, ...], out: str, metric: str | None, mode: str |
         path = write_comparison(matched.runs, out, findings, notes, progress=task)
     terminal = console()
     if quiet:
-        terminal.print(path, markup=False)
+        click.echo(path)
         return
     terminal.print(f"[bold]infoflow compare[/bold]: {len(matched.runs)} runs, {matched.sentences} shared probe sentences")
     for note in notes:
@@ -416,7 +416,7 @@ def analyze(module_spec: str | None, ckpt: str | None, hf_model: str | None, pro
     path = _write_run(result, results_dir, out, hparams)
     terminal = console()
     if quiet:
-        terminal.print(path, markup=False)
+        click.echo(path)
         return
     terminal.print(f"[bold]infoflow analyze[/bold]: {len(built)} probe sentences, {len(names)} layers, "
                    f"{seconds:.1f} s; step {step}")
