@@ -25,7 +25,8 @@ from lightning_infoflow.reporting.logs import read_scalars
 from lightning_infoflow.reporting.matching import match_probes
 from lightning_infoflow.reporting.runs import load_run
 
-FAST = dict(steps=3, warm_steps=1, samples=1, progress=False, max_heatmaps=0, log_figures=False, max_overhead=None)
+FAST = {"steps": 3, "warm_steps": 1, "samples": 1, "progress": False, "max_heatmaps": 0, "log_figures": False,
+        "max_overhead": None}
 
 
 def invoke(*args: str) -> Result:

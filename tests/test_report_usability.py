@@ -165,7 +165,7 @@ def test_a_finding_names_its_layer_once():
     assert text.count(layer) == 2
     page = HtmlPage("t", "/tmp/unused-infoflow-page")
     page.findings([named, unnamed])
-    items = re.findall(r"<li class=\"warning\">(.*?)</li>", page.render(), flags=re.S)
+    items = re.findall(r"<li class=\"warning\">(.*?)</li>", page.render(), flags=re.DOTALL)
     assert [item.count(layer) for item in items] == [1, 1]
 
 
