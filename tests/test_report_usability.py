@@ -4,6 +4,7 @@ line, a finding names its layer once, and `analyze` runs the estimator's own ste
 
 from __future__ import annotations
 
+import doctest
 import io
 import os
 import re
@@ -19,7 +20,7 @@ from lightning_infoflow import InfoFlowResult
 from lightning_infoflow.analysis.guidance import Finding
 from lightning_infoflow.cli import main
 from lightning_infoflow.core.estimator import InfoFlowEstimator
-from lightning_infoflow.reporting import figures
+from lightning_infoflow.reporting import alignment, figures, tables
 from lightning_infoflow.reporting.alignment import align_layers, droppable
 from lightning_infoflow.reporting.console import print_findings
 from lightning_infoflow.reporting.html import HtmlPage
@@ -67,6 +68,12 @@ def test_alignment_rule():
     assert droppable(["model.bert.layer.0", "model.bert.layer.1"]) == ["", "model.", "model.bert.", "model.bert.layer."]
     assert droppable(["embeddings", "encoder.layer.0"]) == [""]
     assert droppable(["encoder.layer.5"]) == ["", "encoder.", "encoder.layer."]
+
+
+@pytest.mark.parametrize("module", [alignment, tables])
+def test_docstring_examples_run(module):
+    failed, attempted = doctest.testmod(module)
+    assert attempted > 0 and failed == 0
 
 
 @pytest.mark.parametrize(("first", "second", "expected", "note"), [
