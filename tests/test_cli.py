@@ -133,7 +133,7 @@ def test_report_default_out_and_chosen_steps(trained):
     res = invoke("report", trained["csv"], "--steps", "3", "--min-words", "100", "--no-progress")
     assert res.exit_code == 0, res.output
     # a bar of 100 effective words flags the last layer of a probe of 8-word sentences; its dropout is 0 already
-    assert "! too_little_information (model.rnns.1)" in flat(res) and "fewer than 100 effective words" in flat(res)
+    assert "! too_little_information: the last layer (model.rnns.1) keeps" in flat(res) and "fewer than 100 effective words" in flat(res)
     assert "no regularisation to lower (dropout=0.0)" in flat(res)
     out = os.path.join(trained["csv"], "infoflow", "report")
     assert sorted(p for p in os.listdir(out) if p.startswith("heatmap_")) == [
@@ -174,7 +174,7 @@ def test_compare_sweep_gives_guidance(sweep, tmp_path):
     text = flat(res)
     assert "3 runs, 2 shared probe sentences" in text
     assert "Best run by val/acc: wd1e-4" in text
-    assert "! too_little_information (wd1e-3 · enc.1)" in text
+    assert "! too_little_information (wd1e-3): the last layer (enc.1) keeps" in text
     assert "lower weight_decay (now 0.001; run wd1e-4 uses 0.0001)" in text
     # the hyperparameter that differs is a column, the ones that do not are not
     assert "weight_decay" in text and "model_kwargs.hidden" not in text
