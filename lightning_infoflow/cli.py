@@ -16,7 +16,8 @@ step has several result files the newest wins (the latest logger version, then t
 dotted suffix (``model.bert.encoder.layer.3`` of a callback run and ``encoder.layer.3`` of an ``analyze``
 run are one layer), see :mod:`lightning_infoflow.reporting.alignment`. ``analyze`` runs as many
 optimisation steps as :class:`~lightning_infoflow.core.estimator.InfoFlowEstimator` does by default unless
-``--steps`` says otherwise. Progress bars go to stderr, only on a terminal, and not with ``--quiet``. This module is the command surface only; the work is done in
+``--steps`` says otherwise. Progress bars go to stderr, only on a terminal, and not with ``--quiet``.
+This module is the command surface only; the work is done in
 :mod:`lightning_infoflow.reporting`.
 """
 
@@ -188,9 +189,11 @@ def _print_report(run: Run, path: str, findings: list[guidance.Finding], namespa
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), default="infoflow-compare", show_default=True,
               help="Folder for compare.html and the PNGs.")
-@click.option("--metric", default=None, help="Validation scalar that ranks the runs [default: accuracy-like, else loss].")
+@click.option("--metric", default=None,
+              help="Validation scalar that ranks the runs [default: accuracy-like, else loss].")
 @click.option("--mode", type=click.Choice(["max", "min"]), default=None, help="Whether --metric is better high or low.")
-@click.option("--too-little-ratio", type=click.FloatRange(0, 1), default=guidance.TOO_LITTLE_RELATIVE, show_default=True,
+@click.option("--too-little-ratio", type=click.FloatRange(0, 1), default=guidance.TOO_LITTLE_RELATIVE,
+              show_default=True,
               help="Flag a run whose last layer keeps fewer effective words than this fraction of the best run's.")
 @click.option("--stop-words", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Stop-word list (words separated by white space) for the noisy-words rule.")
@@ -224,7 +227,8 @@ def compare(run_dirs: tuple[str, ...], out: str, metric: str | None, mode: str |
         click.echo(path)
         return
     terminal = console()
-    terminal.print(f"[bold]infoflow compare[/bold]: {len(matched.runs)} runs, {matched.sentences} shared probe sentences")
+    terminal.print(f"[bold]infoflow compare[/bold]: {len(matched.runs)} runs, "
+                   f"{matched.sentences} shared probe sentences")
     for note in notes:
         terminal.print(f"  [yellow]note[/yellow]: {note}")
     tables = compare_tables(matched.runs)
@@ -241,7 +245,8 @@ def compare(run_dirs: tuple[str, ...], out: str, metric: str | None, mode: str |
 
 
 @main.command(short_help="Analyse a checkpoint or a Hugging Face model folder.")
-@click.option("--module", "module_spec", default=None, help="LightningModule class as pkg.module:ClassName (with --ckpt).")
+@click.option("--module", "module_spec", default=None,
+              help="LightningModule class as pkg.module:ClassName (with --ckpt).")
 @click.option("--ckpt", type=click.Path(exists=True, dir_okay=False), default=None, help="Lightning checkpoint file.")
 @click.option("--hf-model", type=click.Path(exists=True, file_okay=False), default=None,
               help="Hugging Face model folder (instead of --module/--ckpt).")
@@ -262,8 +267,10 @@ def compare(run_dirs: tuple[str, ...], out: str, metric: str | None, mode: str |
 @click.option("--embedding", default="auto", show_default=True, help="Word-embedding module name.")
 @click.option("--submodule", default=None, help="Attribute of the LightningModule to analyse (e.g. model).")
 @click.option("--steps", type=click.IntRange(min=0), default=None,
-              help=f"Optimisation steps of the estimator [default: InfoFlowEstimator's own, steps={ESTIMATOR_STEPS!r}].")
-@click.option("--lam", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True, help="Lambda of Eq. 7.")
+              help="Optimisation steps of the estimator "
+                   f"[default: InfoFlowEstimator's own, steps={ESTIMATOR_STEPS!r}].")
+@click.option("--lam", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True,
+              help="Lambda of Eq. 7.")
 @click.option("--samples", type=click.IntRange(min=1), default=4, show_default=True, help="Noise draws per step.")
 @click.option("--num-sentences", type=click.IntRange(min=1), default=None, help="Use the first N probe sentences.")
 @click.option("--max-length", type=click.IntRange(min=1), default=None, help="Truncate sentences (HF tokenizers).")

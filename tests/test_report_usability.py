@@ -39,7 +39,8 @@ def write_run(log_dir: str, layers: list[str], steps: tuple[int, ...] = (0, 10),
     for k, step in enumerate(steps):
         info = torch.stack([torch.full((2, 3), level * (1 + k / 10) / (1 + i)) for i in range(len(layers))])
         result = InfoFlowResult(list(layers), 10.0 * torch.exp(-info), torch.ones(2, 3, dtype=torch.bool), 10.0, 1,
-                                tokens=[list(t) for t in TOKENS], meta={"step": step, "name": "infoflow", "run_id": "r"})
+                                tokens=[list(t) for t in TOKENS],
+                                meta={"step": step, "name": "infoflow", "run_id": "r"})
         path = os.path.join(log_dir, "infoflow", "results", f"step_{step:08d}.pt")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         result.save(path)
@@ -123,7 +124,8 @@ def test_axes_start_at_zero():
                 figures.curves_by_run({"a": ([0, 10], [100.0, 100.6])}),
                 figures.layers_by_run({"a": [100.0, 100.6]}, ["l0", "l1"])):
         assert fig.axes[0].get_ylim()[0] == 0.0
-    result = InfoFlowResult(["l0", "l1"], torch.tensor([[[1.0, 1.01]], [[1.0, 1.02]]]), torch.ones(1, 2, dtype=torch.bool),
+    result = InfoFlowResult(["l0", "l1"], torch.tensor([[[1.0, 1.01]], [[1.0, 1.02]]]),
+                            torch.ones(1, 2, dtype=torch.bool),
                             10.0, 4)
     assert [ax.get_ylim()[0] for ax in figures.layer_profile(result).axes] == [0.0, 0.0]
 

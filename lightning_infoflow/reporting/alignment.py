@@ -73,7 +73,8 @@ def _pairs(reference: Sequence[str], ref_prefix: str, names: Sequence[str], pref
                      if key in own and (exact or _named(key)))
 
 
-def _best_prefix(reference: Sequence[str], ref_prefix: str, names: Sequence[str]) -> tuple[str, frozenset[tuple[str, str]]]:
+def _best_prefix(reference: Sequence[str], ref_prefix: str,
+                 names: Sequence[str]) -> tuple[str, frozenset[tuple[str, str]]]:
     """The prefix of ``names`` that pairs most of them with the reference (the shortest among equals)."""
     options = [(p, _pairs(reference, ref_prefix, names, p)) for p in droppable(names)]
     return max(options, key=lambda option: len(option[1]))  # max keeps the first (shortest) of equals

@@ -81,7 +81,8 @@ class HtmlPage:
 
     def findings(self, findings: Sequence[Finding]) -> None:
         """The warnings as a list (numbers, threshold, suggestion), then the phases of every layer as a table."""
-        self.sections[-1].blocks.append(("findings", {"warnings": warnings(findings), "phases": phases_table(findings)}))
+        block = {"warnings": warnings(findings), "phases": phases_table(findings)}
+        self.sections[-1].blocks.append(("findings", block))
 
     def figure(self, fig: Figure, name: str, caption: str) -> None:
         buf = io.BytesIO()
@@ -123,7 +124,8 @@ def write_run_report(run: Run, out_dir: str, findings: Sequence[Finding], heatma
     page.text(f"Log dir: {', '.join(os.path.abspath(d) for d in dict.fromkeys(run.source.log_dirs))} · "
               f"{len(run.results)} analyses at steps {run.steps} · {last.sigma.shape[1]} probe sentences · "
               f"layers: {', '.join(last.layer_names)}")
-    for label, notes in (("Skipped files", run.skipped), ("Superseded by a newer file of the same step", run.superseded)):
+    superseded = "Superseded by a newer file of the same step"
+    for label, notes in (("Skipped files", run.skipped), (superseded, run.superseded)):
         if notes:
             page.text(f"{label}: " + "; ".join(notes))
     page.section("Findings")

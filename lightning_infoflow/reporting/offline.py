@@ -48,11 +48,13 @@ def load_lightning(spec: str, ckpt: str) -> tuple[Any, dict[str, Any], int | Non
 
     cls = import_object(spec, "--module")
     if not hasattr(cls, "load_from_checkpoint"):
-        raise click.BadParameter(f"{spec!r} is not a LightningModule class (no load_from_checkpoint)", param_hint="--module")
+        raise click.BadParameter(f"{spec!r} is not a LightningModule class (no load_from_checkpoint)",
+                                 param_hint="--module")
     try:
         module = cls.load_from_checkpoint(ckpt, map_location="cpu")
     except Exception as err:  # noqa: BLE001 - any loading failure is the user's to fix
-        raise click.ClickException(f"cannot load {ckpt!r} with {spec}.load_from_checkpoint: {type(err).__name__}: {err}") from None
+        raise click.ClickException(
+            f"cannot load {ckpt!r} with {spec}.load_from_checkpoint: {type(err).__name__}: {err}") from None
     step = None
     try:
         step = int(torch.load(ckpt, map_location="cpu", weights_only=True).get("global_step"))
@@ -65,14 +67,16 @@ def load_hf(folder: str) -> tuple[Any, dict[str, Any]]:
     try:
         import transformers
     except ImportError:
-        raise click.UsageError("--hf-model needs transformers: pip install 'lightning-infoflow[transformers]'") from None
+        raise click.UsageError(
+            "--hf-model needs transformers: pip install 'lightning-infoflow[transformers]'") from None
     try:
         config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
         archs = [a for a in (getattr(config, "architectures", None) or []) if hasattr(transformers, a)]
         cls = getattr(transformers, archs[0]) if archs else transformers.AutoModel
         model = cls.from_pretrained(folder, local_files_only=True)
     except Exception as err:  # noqa: BLE001
-        raise click.ClickException(f"cannot load a Hugging Face model from {folder!r}: {type(err).__name__}: {err}") from None
+        raise click.ClickException(
+            f"cannot load a Hugging Face model from {folder!r}: {type(err).__name__}: {err}") from None
     return model, {"model": folder, "architecture": type(model).__name__}
 
 
