@@ -13,7 +13,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers.logger import DummyLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch import Tensor, nn
+from torch import Tensor
 from typing_extensions import Self, override
 
 from lightning_infoflow.core.estimator import InfoFlowEstimator
@@ -26,6 +26,7 @@ from lightning_infoflow.lightning.probing import build_checked_probe
 from lightning_infoflow.lightning.publish import Publisher
 from lightning_infoflow.lightning.schedule import OverheadBudget, Schedule
 from lightning_infoflow.lightning.state import RunState
+from lightning_infoflow.lightning.target import find_target
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _DEFAULT_ESTIMATOR = EstimatorConfig()
@@ -61,8 +62,10 @@ class InfoFlowCallback(Callback):
         num_sentences: probe size when the probe is a dataset, and a cap otherwise.
         layers: module names, glob patterns or ``"auto"`` (see :class:`~lightning_infoflow.InfoFlowEstimator`).
         embedding: the word-embedding module name or ``"auto"``.
-        module: attribute of the LightningModule holding the network (e.g. ``"model"``); ``None``: the
-            LightningModule itself. Layer names are relative to it.
+        module: attribute of the LightningModule holding the network (e.g. ``"model"``). ``None``: the
+            LightningModule itself when its ``forward`` takes ``input_ids`` (or ``**kwargs``), else its one
+            Hugging Face submodule (see :mod:`lightning_infoflow.lightning.target`). Layer names are
+            relative to the analysed network (names relative to the LightningModule are cut to it).
         every_n_train_steps: analyse every N optimizer steps.
         log_spaced: also analyse at steps 1, 2, 5, 10, 20, 50, ... below ``every_n_train_steps``.
         at_end: analyse once more when training ends.
@@ -178,11 +181,24 @@ class InfoFlowCallback(Callback):
             return
         self._enabled = True
         self._check_trainer(trainer)
-        self._estimator = InfoFlowEstimator(self._target(pl_module), self.layers, self.embedding,
-                                            **self.estimator.estimator_kwargs())
-        self._probe, self.state.layer_names = build_checked_probe(
-            self.probe, self.tokenizer, self._estimator, num_sentences=self.num_sentences, max_length=self.max_length
-        )
+        target = find_target(pl_module, self.module)
+        if target.found:
+            rank_zero_info(
+                f"InfoFlowCallback(name={self.name!r}): {type(pl_module).__name__}.forward does not take input_ids; "
+                f"analysing its Hugging Face submodule {target.attribute!r} ({type(target.module).__name__}), "
+                "layer names relative to it (pass module=... to choose another)"
+            )
+        self._estimator = InfoFlowEstimator(target.module, target.relative_layers(self.layers),
+                                            target.relative(self.embedding), **self.estimator.estimator_kwargs())
+        try:
+            self._probe, self.state.layer_names = build_checked_probe(
+                self.probe, self.tokenizer, self._estimator, num_sentences=self.num_sentences,
+                max_length=self.max_length
+            )
+        except ValueError as err:
+            if target.note:
+                raise ValueError(f"{err}\n{target.note}") from err
+            raise
         for hook in self.hooks:
             hook.setup(self._estimator, self._probe, self.tokenizer if callable(self.tokenizer) else None)
         problem = ""
@@ -214,17 +230,6 @@ class InfoFlowCallback(Callback):
                 "would overwrite each other. Give each its own `name=` (e.g. name='infoflow_encoder')."
             )
         refuse_sharded(trainer)
-
-    def _target(self, pl_module: LightningModule) -> nn.Module:
-        if self.module is None:
-            return pl_module
-        target = getattr(pl_module, self.module, None)
-        if not isinstance(target, nn.Module):
-            raise ValueError(
-                f"InfoFlowCallback(module={self.module!r}): the LightningModule has no submodule of that name; "
-                "pass the attribute that holds the network, or module=None"
-            )
-        return target
 
     # ------------------------------------------------------------------ schedule
 
@@ -302,7 +307,8 @@ class InfoFlowCallback(Callback):
         seconds = time.perf_counter() - started
         self._budget.spent(seconds, new_analysis=True)
         result.meta.update(name=self.name, step=step, run_id=self.state.run_id, epoch=trainer.current_epoch,
-                           seconds=seconds, warm_start=warm, world_size=trainer.world_size if self._split(trainer) else 1)
+                           seconds=seconds, warm_start=warm,
+                           world_size=trainer.world_size if self._split(trainer) else 1)
         self.state.record(result, step, trainer)
         if trainer.is_global_zero:
             started = time.perf_counter()
@@ -350,7 +356,8 @@ def _validate(every_n_train_steps: Any, max_length: Any, num_sentences: Any, max
               estimator: Any, heatmaps: Any, hooks: Any, distributed: Any) -> None:
     checks = [
         ("every_n_train_steps", "a positive int", isinstance(every_n_train_steps, int) and every_n_train_steps > 0),
-        ("max_length", "a positive int or None", max_length is None or (isinstance(max_length, int) and max_length > 0)),
+        ("max_length", "a positive int or None",
+         max_length is None or (isinstance(max_length, int) and max_length > 0)),
         ("num_sentences", "a positive int or None",
          num_sentences is None or (isinstance(num_sentences, int) and num_sentences > 0)),
         ("max_overhead", "a positive fraction or None", max_overhead is None or max_overhead > 0),
