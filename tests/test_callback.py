@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from typing import Any
 from unittest import mock
 
@@ -475,3 +476,70 @@ def test_progress_bar_follows_the_trainers(tmp_path, monkeypatch, bar):
     tl, vl = loaders()
     trainer.fit(TinyClassifier(), tl, vl)
     assert [d for d in bars if d and d.startswith("infoflow")] == (["infoflow step 0", "infoflow step 2"] if bar else [])
+
+
+class _FakeClock:
+    """The budget's clock, driven by the test: each training step and each analysis costs what the test says."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _Tick(L.Callback):
+    def __init__(self, clock: _FakeClock, seconds: float) -> None:
+        self.clock, self.seconds = clock, seconds
+
+    def on_train_batch_start(self, *args: Any) -> None:
+        self.clock.now += self.seconds
+
+
+def _budget_run(tmp_path, monkeypatch, analysis_s: float, step_s: float = 1.0, max_steps: int = 60):
+    """60 steps of 1 s each (fake clock); every analysis costs ``analysis_s`` (a hook advances the clock)."""
+    from lightning_infoflow.lightning import schedule
+    from lightning_infoflow.lightning.hooks import HookOutput, InfoFlowHook
+
+    clock = _FakeClock()
+    monkeypatch.setattr(schedule, "clock", clock)
+
+    class Cost(InfoFlowHook):
+        def __call__(self, estimator, probe, result):
+            clock.now += analysis_s
+            return HookOutput()
+
+    cb = InfoFlowCallback(probe_ids(), every_n_train_steps=20, heatmaps=0, hooks=[Cost()],
+                          **{**FAST, "max_overhead": 0.1})
+    trainer = _trainer(tmp_path, [cb, _Tick(clock, step_s)], max_steps=max_steps)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(TinyClassifier(), loaders()[0])
+    messages = [str(w.message) for w in caught if "max_overhead" in str(w.message)]
+    return cb, messages
+
+
+def _overhead(cb: InfoFlowCallback, max_steps: int = 60, step_s: float = 1.0) -> float:
+    return cb.state_dict()["analysis_seconds"] / (max_steps * step_s)
+
+
+def test_budget_that_cannot_hold_says_so_once_with_its_numbers(tmp_path, monkeypatch):
+    # one analysis (17 s) already exceeds 10% of 60 s of training: said once, at step 1, then first and last only
+    cb, messages = _budget_run(tmp_path, monkeypatch, analysis_s=17.0)
+    assert len(messages) == 1
+    (message,) = messages
+    assert "cannot hold" in message and "60.0 s (60 steps at 1.00 s)" in message and "budget of 6.0 s" in message
+    assert "one analysis costs 17.0 s" in message and "only the first analysis and the one at the end" in message
+    assert _analysed_steps(cb) == [0, 60] and cb.skipped == 7  # 1, 2, 5, 10, 20, 40 and 60 (run as the end one)
+
+
+def test_budget_holds_when_it_can(tmp_path, monkeypatch):
+    # 1.5 s per analysis, 6 s of budget: some analyses run, the measured overhead stays within 10%, no verdict
+    cb, messages = _budget_run(tmp_path, monkeypatch, analysis_s=1.5)
+    assert messages == []
+    assert _analysed_steps(cb)[0] == 0 and _analysed_steps(cb)[-1] == 60 and 2 < len(_analysed_steps(cb)) < 8
+    assert _overhead(cb) <= 0.1 + 1e-9
+    # cheap analyses: every scheduled one runs, still within budget
+    cheap, messages = _budget_run(tmp_path / "cheap", monkeypatch, analysis_s=0.5)
+    assert messages == [] and _analysed_steps(cheap) == [0, 1, 2, 5, 10, 20, 40, 60] and cheap.skipped == 0
+    assert _overhead(cheap) <= 0.1

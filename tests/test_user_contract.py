@@ -152,3 +152,17 @@ def test_examples_subcommand_help_shows_defaults(capsys):
     text = capsys.readouterr().out
     assert "optimizer steps per trained model (default: 1500)" in " ".join(text.split())
     assert "(default: 32)" in text  # an option without a help line of its own
+
+
+@pytest.mark.slow
+def test_demo_prints_a_line_per_analysis_and_validation(tmp_path, capsys):
+    from examples.demo import main
+
+    main(["--out", str(tmp_path), "--max-steps", "4", "--every", "2", "--train-size", "256", "--hidden", "8",
+          "--probe-size", "2"])
+    lines = capsys.readouterr().out.splitlines()
+    analyses = [line for line in lines if "] analysis " in line]
+    assert [line.split("]")[0] for line in analyses] == ["[step 0/4", "[step 1/4", "[step 2/4", "[step 4/4"]
+    assert all("information per word by layer (nats):" in line for line in analyses)
+    assert sum("] validation: val/acc" in line for line in lines) == 2  # at steps 2 and 4
+    assert any("--samples_per_plugin images=1000" in line for line in lines)

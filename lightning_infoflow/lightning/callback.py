@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 import uuid
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -24,6 +23,7 @@ from lightning_infoflow.lightning.distributed import agree, estimate_split, refu
 from lightning_infoflow.lightning.hooks import HookOutput, InfoFlowHook
 from lightning_infoflow.lightning.probing import build_checked_probe
 from lightning_infoflow.lightning.publish import Publisher
+from lightning_infoflow.lightning import schedule
 from lightning_infoflow.lightning.schedule import OverheadBudget, Schedule
 from lightning_infoflow.lightning.state import RunState
 from lightning_infoflow.lightning.target import find_target
@@ -70,7 +70,9 @@ class InfoFlowCallback(Callback):
         log_spaced: also analyse at steps 1, 2, 5, 10, 20, 50, ... below ``every_n_train_steps``.
         at_end: analyse once more when training ends.
         max_overhead: keep the analyses' wall time under this fraction of the run's projected training time
-            by skipping scheduled analyses (counted in ``skipped``); the first and the last always run.
+            by skipping scheduled analyses (counted in ``skipped``). The first (step 0) and the last always
+            run; when those two alone exceed the budget, a warning after the first training step says so
+            once, with the projected training time and the cost of one analysis, and only those two run.
             ``None`` runs every scheduled analysis.
         name: the namespace of metric keys, folders and checkpoint state; two callbacks in one Trainer
             need two names.
@@ -252,6 +254,10 @@ class InfoFlowCallback(Callback):
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if isinstance(loss, Tensor) and loss.numel() == 1:
             self.state.add_loss(loss)
+        if not self._budget.judged:  # once, after the first analysis and training step
+            verdict = self._budget.verdict(trainer.global_step, float(trainer.estimated_stepping_batches))
+            if verdict:
+                rank_zero_warn(f"InfoFlowCallback(name={self.name!r}): {verdict}")
         if not self._due(trainer.global_step):
             return
         skip = self._budget.over(trainer.global_step, float(trainer.estimated_stepping_batches))
@@ -260,7 +266,7 @@ class InfoFlowCallback(Callback):
         if skip:
             self.state.last_step = trainer.global_step
             self.state.skipped += 1
-            if self.state.skipped == 1:
+            if self.state.skipped == 1 and not self._budget.cannot_hold:  # else said by the verdict
                 rank_zero_info(
                     f"InfoFlowCallback: skipping the analysis at step {trainer.global_step} (and later ones while "
                     f"needed) to keep the analyses under max_overhead={self.max_overhead} of the training time; "
@@ -291,7 +297,7 @@ class InfoFlowCallback(Callback):
             return
         if self.state.run_id is None:
             self.state.run_id = uuid.uuid4().hex
-        started = time.perf_counter()
+        started = schedule.clock()
         warm = self.state.previous is not None
         try:
             result = self._estimate(trainer, self.estimator.warm_steps if warm else self.estimator.steps, step)
@@ -304,17 +310,17 @@ class InfoFlowCallback(Callback):
                 "Training continues; the next analysis will try again."
             )
             return
-        seconds = time.perf_counter() - started
+        seconds = schedule.clock() - started
         self._budget.spent(seconds, new_analysis=True)
         result.meta.update(name=self.name, step=step, run_id=self.state.run_id, epoch=trainer.current_epoch,
                            seconds=seconds, warm_start=warm,
                            world_size=trainer.world_size if self._split(trainer) else 1)
         self.state.record(result, step, trainer)
         if trainer.is_global_zero:
-            started = time.perf_counter()
+            started = schedule.clock()
             self._publisher.publish(trainer, result, self.state.curves(), self._run_hooks(result, step))
             self.state.check_collapse()
-            self._budget.spent(time.perf_counter() - started, new_analysis=False)  # logging counts too
+            self._budget.spent(schedule.clock() - started, new_analysis=False)  # logging counts too
         self.state.last_step = step
 
     def _estimate(self, trainer: Trainer, steps: int, step: int) -> InfoFlowResult:
