@@ -61,7 +61,8 @@ def test_scalars_reach_csv_and_callback_metrics(tmp_path):
     trainer = _trainer(tmp_path, [cb], logger=logger, max_steps=10)
     tl, vl = loaders()
     trainer.fit(TinyClassifier(), tl, vl)
-    rows = list(csv.DictReader(open(os.path.join(logger.log_dir, "metrics.csv"))))
+    with open(os.path.join(logger.log_dir, "metrics.csv")) as f:
+        rows = list(csv.DictReader(f))
     key = "infoflow/information/model.rnns.1"
     steps = [int(r["step"]) for r in rows if r.get(key)]
     assert steps == [0, 5, 10]
@@ -380,7 +381,8 @@ def test_two_instances_have_distinct_state_keys():
 def test_baselines_and_attributes_are_logged_and_saved(tmp_path):
     vocab = [f"w{i}" for i in range(50)]
     concepts = {"low": ["w1", "w2", "w3"], "high": ["w40", "w41", "w42"], "missing": ["w1", "nope"]}
-    hooks = [SaliencyHook(methods=["gradient"], max_figures=1), AttributesHook([(0, 0)], concepts=concepts, vocab=vocab)]
+    hooks = [SaliencyHook(methods=["gradient"], max_figures=1),
+             AttributesHook([(0, 0)], concepts=concepts, vocab=vocab)]
     cb = InfoFlowCallback(probe_ids(), every_n_train_steps=4, log_spaced=False, hooks=hooks, heatmaps=1, **FAST)
     logger = CSVLogger(tmp_path)
     trainer = _trainer(tmp_path, [cb], logger=logger, max_steps=4)
@@ -437,7 +439,8 @@ def test_failing_hook_is_a_warning_and_the_information_is_still_logged(tmp_path)
     tl, vl = loaders()
     with pytest.warns(UserWarning, match="Broken at step 0 failed .*hook broke"):
         trainer.fit(TinyClassifier(), tl, vl)
-    assert "infoflow/embedding_norm" in trainer.callback_metrics and "infoflow/information/model.rnns.0" in trainer.callback_metrics
+    assert "infoflow/embedding_norm" in trainer.callback_metrics
+    assert "infoflow/information/model.rnns.0" in trainer.callback_metrics
     data = torch.load(os.path.join(logger.log_dir, "infoflow", "results", "step_00000000.pt"), weights_only=True)
     assert data["norm_probe_size"] == 4
 
@@ -475,7 +478,8 @@ def test_progress_bar_follows_the_trainers(tmp_path, monkeypatch, bar):
     trainer = _trainer(tmp_path, [cb], max_steps=2, enable_progress_bar=bar)
     tl, vl = loaders()
     trainer.fit(TinyClassifier(), tl, vl)
-    assert [d for d in bars if d and d.startswith("infoflow")] == (["infoflow step 0", "infoflow step 2"] if bar else [])
+    expected = ["infoflow step 0", "infoflow step 2"] if bar else []
+    assert [d for d in bars if d and d.startswith("infoflow")] == expected
 
 
 class _FakeClock:

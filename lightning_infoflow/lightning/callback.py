@@ -18,12 +18,12 @@ from typing_extensions import Self, override
 from lightning_infoflow.core.estimator import InfoFlowEstimator
 from lightning_infoflow.core.probe import Probe, ProbeLike
 from lightning_infoflow.core.result import InfoFlowResult
+from lightning_infoflow.lightning import schedule
 from lightning_infoflow.lightning.config import EstimatorConfig
 from lightning_infoflow.lightning.distributed import agree, estimate_split, refuse_sharded
 from lightning_infoflow.lightning.hooks import HookOutput, InfoFlowHook
 from lightning_infoflow.lightning.probing import build_checked_probe
 from lightning_infoflow.lightning.publish import Publisher
-from lightning_infoflow.lightning import schedule
 from lightning_infoflow.lightning.schedule import OverheadBudget, Schedule
 from lightning_infoflow.lightning.state import RunState
 from lightning_infoflow.lightning.target import find_target
