@@ -90,17 +90,27 @@ def test_tensorboard_scalars_layout_and_images(tmp_path):
     acc = EventAccumulator(logger.log_dir, size_guidance={"images": 0, "scalars": 0})
     acc.Reload()
     tags = acc.Tags()
-    assert "infoflow/information/model.rnns.0" in tags["scalars"]
-    assert [e.step for e in acc.Scalars("infoflow/information/model.rnns.0")] == [0, 6]
+    # one run per layer (TensorBoard colours lines by run), one tag per measure in each
+    for layer in ("model.rnns.0", "model.rnns.1"):
+        run = EventAccumulator(os.path.join(logger.log_dir, "infoflow", "tb", layer), size_guidance={"scalars": 0})
+        run.Reload()
+        assert set(run.Tags()["scalars"]) == {f"infoflow/{m}" for m in ("information", "entropy", "effective_words",
+                                                                         "loss")}
+        assert [e.step for e in run.Scalars("infoflow/information")] == [0, 6]
+    assert [e.value for e in run.Scalars("infoflow/information")][-1] == pytest.approx(
+        float(cb.last_result.layer_information[1]))
+    assert "infoflow/information/model.rnns.0" not in tags["scalars"]  # not twice
+    assert "infoflow/analysis_seconds" in tags["scalars"]
     assert {"infoflow/heatmap/sentence_0", "infoflow/heatmap/sentence_1", "infoflow/curves"} <= set(tags["images"])
     assert "infoflow/heatmap/sentence_2" not in tags["images"]
-    # the custom-scalars layout is a tensor summary under its plugin tag
+    # the custom-scalars layout is a tensor summary under its plugin tag: one chart per measure, every layer's run
     from tensorboard.plugins.custom_scalar import layout_pb2, metadata
 
     layout = layout_pb2.Layout()
     layout.ParseFromString(acc.Tensors(metadata.CONFIG_SUMMARY_TAG)[0].tensor_proto.string_val[0])
+    assert [cat.title for cat in layout.category] == ["infoflow"]
     charts = [c for cat in layout.category for c in cat.chart]
-    assert any("^infoflow/information/.*" in c.multiline.tag for c in charts)
+    assert any("^infoflow/information$" in c.multiline.tag for c in charts)
 
 
 def _wandb_history(run_dir: str) -> list[dict[str, Any]]:
@@ -112,35 +122,35 @@ def _wandb_history(run_dir: str) -> list[dict[str, Any]]:
     return [r["history"]["item"] for r in records if r.get("type") == "history"]
 
 
-def test_wandb_offline_scalars_and_images(tmp_path, monkeypatch):
+def test_wandb_offline_one_row_per_analysis_and_results_written_once(tmp_path, monkeypatch):
     wandb = pytest.importorskip("wandb")  # installed by the [test] extra
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     cb = InfoFlowCallback(probe_ids(), every_n_train_steps=6, log_spaced=False, heatmaps=1, **FAST)
-    logger = WandbLogger(save_dir=str(tmp_path), offline=True, project="infoflow-test")
-    logged_images = []
-    real_log_image = WandbLogger.log_image
-
-    def spy(self, key, images, step=None, **kwargs):
-        logged_images.append((key, step))
-        return real_log_image(self, key, images, step=step, **kwargs)
-
-    monkeypatch.setattr(WandbLogger, "log_image", spy)
-    trainer = _trainer(tmp_path, [cb], logger=logger, max_steps=6)
+    tensorboard = TensorBoardLogger(tmp_path / "tb")
+    logger = WandbLogger(save_dir=str(tmp_path / "wb"), offline=True, project="infoflow-test")
+    trainer = _trainer(tmp_path, [cb], logger=[tensorboard, logger], max_steps=6, log_every_n_steps=1)
     tl, vl = loaders()
     trainer.fit(TinyClassifier(), tl, vl)
     run_dir = logger.experiment.dir.rsplit(os.sep, 1)[0]
     wandb.finish()
     wandb.teardown()  # flushes the offline run file
-    # figures go through WandbLogger.log_image with the analysis's step
-    assert ("infoflow/heatmap/sentence_0", 6) in logged_images and ("infoflow/curves", 0) in logged_images
     history = _wandb_history(run_dir)
-    scalar_rows = [h for h in history if "infoflow/information/model.rnns.0" in h]
-    assert [int(h["trainer/global_step"]) for h in scalar_rows] == [0, 6]
-    image_rows = [h for h in history if "infoflow/heatmap/sentence_0._type" in h]
-    assert [int(h["trainer/global_step"]) for h in image_rows] == [0, 6]
-    assert image_rows[0]["infoflow/heatmap/sentence_0.captions"] == [" ".join(cb.last_result.words(0))]
+    rows = [h for h in history if any(k.startswith("infoflow/") for k in h)]
+    # one row per analysis, at the analysis's own step metric, scalars and images together
+    assert [int(h["infoflow/step"]) for h in rows] == [0, 6]
+    assert [int(h["trainer/global_step"]) for h in rows] == [0, 6]
+    for row in rows:
+        assert "infoflow/information/model.rnns.0" in row and "infoflow/analysis_seconds" in row
+        assert "infoflow/heatmap/sentence_0._type" in row and "infoflow/curves._type" in row
+    assert rows[-1]["infoflow/information/model.rnns.0"] == pytest.approx(float(cb.last_result.layer_information[0]))
+    assert rows[-1]["infoflow/heatmap/sentence_0.caption"] == " ".join(cb.last_result.words(0))
+    assert len(history) > len(rows)  # the trainer's own rows are there too, untouched
     assert glob.glob(os.path.join(run_dir, "files", "media", "images", "infoflow", "heatmap", "*.png"))
+    # results written once, in the first logger's run folder
+    results = glob.glob(os.path.join(str(tmp_path), "**", "step_*.pt"), recursive=True)
+    assert sorted(os.path.relpath(p, tensorboard.log_dir) for p in results) == [
+        os.path.join("infoflow", "results", f"step_{s:08d}.pt") for s in (0, 6)]
 
 
 def test_mlflow_gets_figures(tmp_path):
@@ -155,7 +165,9 @@ def test_mlflow_gets_figures(tmp_path):
 
     fig = Figure()
     fig.subplots().plot([0, 1])
-    Sinks("infoflow").log_figures([logger], {"infoflow/curves": (fig, "c")}, step=3, image_dirs=[str(tmp_path)])
+    Sinks("infoflow").log_analysis(logger, {"infoflow/analysis_seconds": 1.0}, {"infoflow/curves": (fig, "c")}, step=3,
+                                   image_dir=str(tmp_path))
+    logger.log_metrics.assert_called_once_with({"infoflow/analysis_seconds": 1.0}, step=3)
     logger.experiment.log_figure.assert_called_once_with("run", fig, "infoflow__curves_step00000003.png")
     assert not glob.glob(os.path.join(tmp_path, "*.png"))
 

@@ -280,6 +280,8 @@ class InfoFlowCallback(Callback):
         if self.at_end and self._enabled and trainer.global_step not in self.state.steps:
             self._analyse(trainer, pl_module)
         self._budget.stop()
+        if self._enabled and trainer.is_global_zero:
+            self._publisher.finish(trainer)
         if self._enabled and trainer.world_size > 1:
             # every rank waits for rank 0's last analysis and logging before the process group goes away
             trainer.strategy.barrier("infoflow_end")
