@@ -30,16 +30,37 @@ ANALYSES = ("timestamps", "layers", "regularization", "words", "sentence", "attr
             "train")
 
 
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Adds ``(default: ...)`` to an option's help unless it says its default already or has none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "(default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _one_line_help() -> dict[str, str]:
+    """Each analysis's line of the table above (so that ``--help`` imports no analysis)."""
+    lines = [line.split(None, 1) for line in (__doc__ or "").splitlines()]
+    return {parts[0]: parts[1].strip() for parts in lines if len(parts) == 2 and parts[0] in ANALYSES}
+
+
 def main(argv: Optional[list[str]] = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="python -m examples.run", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="analysis", required=True)
+    chosen = next((a for a in argv if a in ANALYSES), None)  # only its module is imported
     modules = {}
-    for name in ANALYSES:
-        module = importlib.import_module(f"examples.analyses.{name}")
-        modules[name] = module
-        p = sub.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0])
-        module.add_arguments(p)
+    for name, line in _one_line_help().items():
+        p = sub.add_parser(name, help=line, description=line, formatter_class=_DefaultsFormatter)
+        if name == chosen:
+            modules[name] = importlib.import_module(f"examples.analyses.{name}")
+            modules[name].add_arguments(p)
+            for action in p._actions:  # options without a help line still show their default
+                if action.help is None and action.option_strings and action.default not in (None, False):
+                    action.help = "(default: %(default)s)"
     args = parser.parse_args(argv)
     start = time.perf_counter()
     summary = modules[args.analysis].run(args)

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from typing import Any
 from unittest import mock
 
@@ -60,7 +61,8 @@ def test_scalars_reach_csv_and_callback_metrics(tmp_path):
     trainer = _trainer(tmp_path, [cb], logger=logger, max_steps=10)
     tl, vl = loaders()
     trainer.fit(TinyClassifier(), tl, vl)
-    rows = list(csv.DictReader(open(os.path.join(logger.log_dir, "metrics.csv"))))
+    with open(os.path.join(logger.log_dir, "metrics.csv")) as f:
+        rows = list(csv.DictReader(f))
     key = "infoflow/information/model.rnns.1"
     steps = [int(r["step"]) for r in rows if r.get(key)]
     assert steps == [0, 5, 10]
@@ -88,17 +90,27 @@ def test_tensorboard_scalars_layout_and_images(tmp_path):
     acc = EventAccumulator(logger.log_dir, size_guidance={"images": 0, "scalars": 0})
     acc.Reload()
     tags = acc.Tags()
-    assert "infoflow/information/model.rnns.0" in tags["scalars"]
-    assert [e.step for e in acc.Scalars("infoflow/information/model.rnns.0")] == [0, 6]
+    # one run per layer (TensorBoard colours lines by run), one tag per measure in each
+    for layer in ("model.rnns.0", "model.rnns.1"):
+        run = EventAccumulator(os.path.join(logger.log_dir, "infoflow", "tb", layer), size_guidance={"scalars": 0})
+        run.Reload()
+        assert set(run.Tags()["scalars"]) == {f"infoflow/{m}" for m in ("information", "entropy", "effective_words",
+                                                                         "loss")}
+        assert [e.step for e in run.Scalars("infoflow/information")] == [0, 6]
+    assert [e.value for e in run.Scalars("infoflow/information")][-1] == pytest.approx(
+        float(cb.last_result.layer_information[1]))
+    assert "infoflow/information/model.rnns.0" not in tags["scalars"]  # not twice
+    assert "infoflow/analysis_seconds" in tags["scalars"]
     assert {"infoflow/heatmap/sentence_0", "infoflow/heatmap/sentence_1", "infoflow/curves"} <= set(tags["images"])
     assert "infoflow/heatmap/sentence_2" not in tags["images"]
-    # the custom-scalars layout is a tensor summary under its plugin tag
+    # the custom-scalars layout is a tensor summary under its plugin tag: one chart per measure, every layer's run
     from tensorboard.plugins.custom_scalar import layout_pb2, metadata
 
     layout = layout_pb2.Layout()
     layout.ParseFromString(acc.Tensors(metadata.CONFIG_SUMMARY_TAG)[0].tensor_proto.string_val[0])
+    assert [cat.title for cat in layout.category] == ["infoflow"]
     charts = [c for cat in layout.category for c in cat.chart]
-    assert any("^infoflow/information/.*" in c.multiline.tag for c in charts)
+    assert any("^infoflow/information$" in c.multiline.tag for c in charts)
 
 
 def _wandb_history(run_dir: str) -> list[dict[str, Any]]:
@@ -110,35 +122,35 @@ def _wandb_history(run_dir: str) -> list[dict[str, Any]]:
     return [r["history"]["item"] for r in records if r.get("type") == "history"]
 
 
-def test_wandb_offline_scalars_and_images(tmp_path, monkeypatch):
+def test_wandb_offline_one_row_per_analysis_and_results_written_once(tmp_path, monkeypatch):
     wandb = pytest.importorskip("wandb")  # installed by the [test] extra
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     cb = InfoFlowCallback(probe_ids(), every_n_train_steps=6, log_spaced=False, heatmaps=1, **FAST)
-    logger = WandbLogger(save_dir=str(tmp_path), offline=True, project="infoflow-test")
-    logged_images = []
-    real_log_image = WandbLogger.log_image
-
-    def spy(self, key, images, step=None, **kwargs):
-        logged_images.append((key, step))
-        return real_log_image(self, key, images, step=step, **kwargs)
-
-    monkeypatch.setattr(WandbLogger, "log_image", spy)
-    trainer = _trainer(tmp_path, [cb], logger=logger, max_steps=6)
+    tensorboard = TensorBoardLogger(tmp_path / "tb")
+    logger = WandbLogger(save_dir=str(tmp_path / "wb"), offline=True, project="infoflow-test")
+    trainer = _trainer(tmp_path, [cb], logger=[tensorboard, logger], max_steps=6, log_every_n_steps=1)
     tl, vl = loaders()
     trainer.fit(TinyClassifier(), tl, vl)
     run_dir = logger.experiment.dir.rsplit(os.sep, 1)[0]
     wandb.finish()
     wandb.teardown()  # flushes the offline run file
-    # figures go through WandbLogger.log_image with the analysis's step
-    assert ("infoflow/heatmap/sentence_0", 6) in logged_images and ("infoflow/curves", 0) in logged_images
     history = _wandb_history(run_dir)
-    scalar_rows = [h for h in history if "infoflow/information/model.rnns.0" in h]
-    assert [int(h["trainer/global_step"]) for h in scalar_rows] == [0, 6]
-    image_rows = [h for h in history if "infoflow/heatmap/sentence_0._type" in h]
-    assert [int(h["trainer/global_step"]) for h in image_rows] == [0, 6]
-    assert image_rows[0]["infoflow/heatmap/sentence_0.captions"] == [" ".join(cb.last_result.words(0))]
+    rows = [h for h in history if any(k.startswith("infoflow/") for k in h)]
+    # one row per analysis, at the analysis's own step metric, scalars and images together
+    assert [int(h["infoflow/step"]) for h in rows] == [0, 6]
+    assert [int(h["trainer/global_step"]) for h in rows] == [0, 6]
+    for row in rows:
+        assert "infoflow/information/model.rnns.0" in row and "infoflow/analysis_seconds" in row
+        assert "infoflow/heatmap/sentence_0._type" in row and "infoflow/curves._type" in row
+    assert rows[-1]["infoflow/information/model.rnns.0"] == pytest.approx(float(cb.last_result.layer_information[0]))
+    assert rows[-1]["infoflow/heatmap/sentence_0.caption"] == " ".join(cb.last_result.words(0))
+    assert len(history) > len(rows)  # the trainer's own rows are there too, untouched
     assert glob.glob(os.path.join(run_dir, "files", "media", "images", "infoflow", "heatmap", "*.png"))
+    # results written once, in the first logger's run folder
+    results = glob.glob(os.path.join(str(tmp_path), "**", "step_*.pt"), recursive=True)
+    assert sorted(os.path.relpath(p, tensorboard.log_dir) for p in results) == [
+        os.path.join("infoflow", "results", f"step_{s:08d}.pt") for s in (0, 6)]
 
 
 def test_mlflow_gets_figures(tmp_path):
@@ -153,7 +165,9 @@ def test_mlflow_gets_figures(tmp_path):
 
     fig = Figure()
     fig.subplots().plot([0, 1])
-    Sinks("infoflow").log_figures([logger], {"infoflow/curves": (fig, "c")}, step=3, image_dirs=[str(tmp_path)])
+    Sinks("infoflow").log_analysis(logger, {"infoflow/analysis_seconds": 1.0}, {"infoflow/curves": (fig, "c")}, step=3,
+                                   image_dir=str(tmp_path))
+    logger.log_metrics.assert_called_once_with({"infoflow/analysis_seconds": 1.0}, step=3)
     logger.experiment.log_figure.assert_called_once_with("run", fig, "infoflow__curves_step00000003.png")
     assert not glob.glob(os.path.join(tmp_path, "*.png"))
 
@@ -379,7 +393,8 @@ def test_two_instances_have_distinct_state_keys():
 def test_baselines_and_attributes_are_logged_and_saved(tmp_path):
     vocab = [f"w{i}" for i in range(50)]
     concepts = {"low": ["w1", "w2", "w3"], "high": ["w40", "w41", "w42"], "missing": ["w1", "nope"]}
-    hooks = [SaliencyHook(methods=["gradient"], max_figures=1), AttributesHook([(0, 0)], concepts=concepts, vocab=vocab)]
+    hooks = [SaliencyHook(methods=["gradient"], max_figures=1),
+             AttributesHook([(0, 0)], concepts=concepts, vocab=vocab)]
     cb = InfoFlowCallback(probe_ids(), every_n_train_steps=4, log_spaced=False, hooks=hooks, heatmaps=1, **FAST)
     logger = CSVLogger(tmp_path)
     trainer = _trainer(tmp_path, [cb], logger=logger, max_steps=4)
@@ -436,7 +451,8 @@ def test_failing_hook_is_a_warning_and_the_information_is_still_logged(tmp_path)
     tl, vl = loaders()
     with pytest.warns(UserWarning, match="Broken at step 0 failed .*hook broke"):
         trainer.fit(TinyClassifier(), tl, vl)
-    assert "infoflow/embedding_norm" in trainer.callback_metrics and "infoflow/information/model.rnns.0" in trainer.callback_metrics
+    assert "infoflow/embedding_norm" in trainer.callback_metrics
+    assert "infoflow/information/model.rnns.0" in trainer.callback_metrics
     data = torch.load(os.path.join(logger.log_dir, "infoflow", "results", "step_00000000.pt"), weights_only=True)
     assert data["norm_probe_size"] == 4
 
@@ -474,4 +490,72 @@ def test_progress_bar_follows_the_trainers(tmp_path, monkeypatch, bar):
     trainer = _trainer(tmp_path, [cb], max_steps=2, enable_progress_bar=bar)
     tl, vl = loaders()
     trainer.fit(TinyClassifier(), tl, vl)
-    assert [d for d in bars if d and d.startswith("infoflow")] == (["infoflow step 0", "infoflow step 2"] if bar else [])
+    expected = ["infoflow step 0", "infoflow step 2"] if bar else []
+    assert [d for d in bars if d and d.startswith("infoflow")] == expected
+
+
+class _FakeClock:
+    """The budget's clock, driven by the test: each training step and each analysis costs what the test says."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _Tick(L.Callback):
+    def __init__(self, clock: _FakeClock, seconds: float) -> None:
+        self.clock, self.seconds = clock, seconds
+
+    def on_train_batch_start(self, *args: Any) -> None:
+        self.clock.now += self.seconds
+
+
+def _budget_run(tmp_path, monkeypatch, analysis_s: float, step_s: float = 1.0, max_steps: int = 60):
+    """60 steps of 1 s each (fake clock); every analysis costs ``analysis_s`` (a hook advances the clock)."""
+    from lightning_infoflow.lightning import schedule
+    from lightning_infoflow.lightning.hooks import HookOutput, InfoFlowHook
+
+    clock = _FakeClock()
+    monkeypatch.setattr(schedule, "clock", clock)
+
+    class Cost(InfoFlowHook):
+        def __call__(self, estimator, probe, result):
+            clock.now += analysis_s
+            return HookOutput()
+
+    cb = InfoFlowCallback(probe_ids(), every_n_train_steps=20, heatmaps=0, hooks=[Cost()],
+                          **{**FAST, "max_overhead": 0.1})
+    trainer = _trainer(tmp_path, [cb, _Tick(clock, step_s)], max_steps=max_steps)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(TinyClassifier(), loaders()[0])
+    messages = [str(w.message) for w in caught if "max_overhead" in str(w.message)]
+    return cb, messages
+
+
+def _overhead(cb: InfoFlowCallback, max_steps: int = 60, step_s: float = 1.0) -> float:
+    return cb.state_dict()["analysis_seconds"] / (max_steps * step_s)
+
+
+def test_budget_that_cannot_hold_says_so_once_with_its_numbers(tmp_path, monkeypatch):
+    # one analysis (17 s) already exceeds 10% of 60 s of training: said once, at step 1, then first and last only
+    cb, messages = _budget_run(tmp_path, monkeypatch, analysis_s=17.0)
+    assert len(messages) == 1
+    (message,) = messages
+    assert "cannot hold" in message and "60.0 s (60 steps at 1.00 s)" in message and "budget of 6.0 s" in message
+    assert "one analysis costs 17.0 s" in message and "only the first analysis and the one at the end" in message
+    assert _analysed_steps(cb) == [0, 60] and cb.skipped == 7  # 1, 2, 5, 10, 20, 40 and 60 (run as the end one)
+
+
+def test_budget_holds_when_it_can(tmp_path, monkeypatch):
+    # 1.5 s per analysis, 6 s of budget: some analyses run, the measured overhead stays within 10%, no verdict
+    cb, messages = _budget_run(tmp_path, monkeypatch, analysis_s=1.5)
+    assert messages == []
+    assert _analysed_steps(cb)[0] == 0 and _analysed_steps(cb)[-1] == 60 and 2 < len(_analysed_steps(cb)) < 8
+    assert _overhead(cb) <= 0.1 + 1e-9
+    # cheap analyses: every scheduled one runs, still within budget
+    cheap, messages = _budget_run(tmp_path / "cheap", monkeypatch, analysis_s=0.5)
+    assert messages == [] and _analysed_steps(cheap) == [0, 1, 2, 5, 10, 20, 40, 60] and cheap.skipped == 0
+    assert _overhead(cheap) <= 0.1

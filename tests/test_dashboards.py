@@ -29,6 +29,7 @@ from PIL import Image
 from lightning_infoflow import EstimatorConfig, InfoFlowCallback, InfoFlowResult
 
 LAYERS = ("model.rnns.0", "model.rnns.1")
+RUNS = 1 + len(LAYERS)  # the logger's run and one per layer
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +37,12 @@ def tb_run(tmp_path_factory) -> dict[str, Any]:
     """A TensorBoard log dir written by the callback: scalars, custom-scalars layout, heatmaps and curves."""
     root = tmp_path_factory.mktemp("tb")
     torch.manual_seed(0)
-    cb = InfoFlowCallback(probe_ids(), every_n_train_steps=3, estimator=EstimatorConfig(steps=3, warm_steps=1, samples=1),
-                          heatmaps=2, max_overhead=None)
+    cb = InfoFlowCallback(probe_ids(), every_n_train_steps=3, heatmaps=2, max_overhead=None,
+                          estimator=EstimatorConfig(steps=3, warm_steps=1, samples=1))
     logger = TensorBoardLogger(str(root), name="tiny")
-    trainer = L.Trainer(max_steps=6, logger=logger, callbacks=[cb], enable_progress_bar=False, enable_model_summary=False,
-                        enable_checkpointing=False, num_sanity_val_steps=0, limit_val_batches=0)
+    trainer = L.Trainer(max_steps=6, logger=logger, callbacks=[cb], enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0,
+                        limit_val_batches=0)
     train, _ = loaders()
     trainer.fit(TinyClassifier(), train)
     files = sorted(glob.glob(os.path.join(logger.log_dir, "infoflow", "results", "*.pt")))
@@ -100,32 +102,34 @@ def tensorboard(logdir: str, log_path: str) -> Iterator[tuple[str, subprocess.Po
 @pytest.mark.integration
 def test_tensorboard_server_serves_infoflow_scalars_layout_and_images(tb_run, tmp_path):
     with tensorboard(tb_run["logdir"], str(tmp_path / "tensorboard.log")) as (base, proc):
-        expected_tags = {f"infoflow/{m}/{layer}" for m in ("information", "entropy", "effective_words", "loss")
-                         for layer in LAYERS}
-        tags = _wait_for(base, lambda: (t := _json(base, "/data/plugin/scalars/tags")).get("version_0", {}).keys()
-                         >= expected_tags and t, proc)
-        assert list(tags) == ["version_0"]
+        measures = {f"infoflow/{m}" for m in ("information", "entropy", "effective_words", "loss")}
+        layer_runs = {layer: f"version_0/infoflow/tb/{layer}" for layer in LAYERS}
+        tags = _wait_for(base, lambda: all(measures <= (t := _json(base, "/data/plugin/scalars/tags")).get(r, {}).keys()
+                                           for r in layer_runs.values()) and t, proc)
+        assert sorted(tags) == sorted(["version_0", *layer_runs.values()])
         run = "version_0"
         results = tb_run["results"]
         steps = [int(r.meta["step"]) for r in results]
         assert steps == [0, 1, 2, 3, 6]
 
-        # scalars: one point per analysis, the values of the saved results
+        # scalars: one run per layer (one colour each), one point per analysis, the values of the saved results
         for i, layer in enumerate(LAYERS):
-            points = _json(base, "/data/plugin/scalars/scalars", run=run, tag=f"infoflow/information/{layer}")
+            points = _json(base, "/data/plugin/scalars/scalars", run=layer_runs[layer], tag="infoflow/information")
             assert [p[1] for p in points] == steps
             assert [p[2] for p in points] == pytest.approx([float(r.layer_information[i]) for r in results], rel=1e-5)
-            words = _json(base, "/data/plugin/scalars/scalars", run=run, tag=f"infoflow/effective_words/{layer}")
+            words = _json(base, "/data/plugin/scalars/scalars", run=layer_runs[layer], tag="infoflow/effective_words")
             assert [p[2] for p in words] == pytest.approx([float(r.effective_words[i]) for r in results], rel=1e-5)
         assert "infoflow/analysis_seconds" in tags[run]
 
-        # custom scalars: one multi-line chart per measure whose regex picks every layer's tag
+        # custom scalars: one multi-line chart per measure whose regex picks the measure's tag in every layer's run
         layout = _json(base, "/data/plugin/custom_scalars/layout")
-        (category,) = [c for c in layout["category"] if c["title"] == "infoflow"]
+        assert [c["title"] for c in layout["category"]] == ["infoflow"]
+        (category,) = layout["category"]
         charts = {c["title"]: c["multiline"]["tag"] for c in category["chart"]}
         (info_chart,) = [v for k, v in charts.items() if k.startswith("information per word")]
-        matched = sorted(t for t in tags[run] if any(re.search(rx, t) for rx in info_chart))
-        assert matched == [f"infoflow/information/{layer}" for layer in LAYERS]
+        matched = sorted(r for r, run_tags in tags.items() for t in run_tags
+                         if any(re.search(rx, t) for rx in info_chart))
+        assert matched == sorted(layer_runs.values())
         assert len(charts) == 4
 
         # images: heatmaps of two probe sentences and the curves, at every analysis, each a decodable PNG
@@ -140,3 +144,33 @@ def test_tensorboard_server_serves_infoflow_scalars_layout_and_images(tb_run, tm
             image.load()
             assert image.width > 200 and image.height > 100
             assert len(set(image.convert("L").getdata())) > 10  # a drawn figure, not a blank canvas
+
+
+def _saturated_hues(png: str, box: tuple[int, int, int, int]) -> dict[int, int]:
+    """Pixels per hue bucket (30 degrees) among the saturated, not-too-dark pixels inside ``box``."""
+    buckets: dict[int, int] = {}
+    for h, s, v in Image.open(png).convert("HSV").crop(box).getdata():
+        if s > 120 and v > 90:
+            buckets[h * 360 // 256 // 30] = buckets.get(h * 360 // 256 // 30, 0) + 1
+    return buckets
+
+
+@pytest.mark.browser
+@pytest.mark.integration
+def test_custom_scalars_page_draws_layers_in_different_colours(tb_run, tmp_path):
+    """TensorBoard's own page in headless Chromium: the infoflow chart has more than one line colour."""
+    chromium = "/usr/bin/chromium"
+    if not os.path.exists(chromium):
+        pytest.fail("the browser tier needs Chromium at /usr/bin/chromium (apt-get install chromium)")
+    with tensorboard(tb_run["logdir"], str(tmp_path / "tensorboard.log")) as (base, proc):
+        _wait_for(base, lambda: len(_json(base, "/data/plugin/scalars/tags")) >= RUNS, proc)
+        png = str(tmp_path / "custom_scalars.png")
+        subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                        "--disable-component-update", "--disable-sync", "--no-first-run",
+                        f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={png}", "--window-size=1400,1000",
+                        "--virtual-time-budget=20000", f"{base}/#custom_scalars"],
+                       check=True, capture_output=True, timeout=120)
+    # the plot areas of the first row of charts at this window size: no run selector chips, header or icons
+    hues = _saturated_hues(png, box=(440, 150, 1080, 335))
+    lines = {hue: n for hue, n in hues.items() if n > 150}  # a drawn line, not a stray pixel
+    assert len(lines) >= 2, f"one line colour only on the custom-scalars page: {hues}"

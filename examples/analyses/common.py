@@ -42,7 +42,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, max_steps: int, train_
     """Options every analysis takes."""
     parser.add_argument("--out", default=None, help="output folder (default: runs/examples/<analysis>)")
     parser.add_argument("--max-steps", type=int, default=max_steps, help="optimizer steps per trained model")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32, help="training batch size")
     parser.add_argument("--max-length", type=int, default=50, help="truncation length in tokens")
     parser.add_argument("--train-size", type=int, default=train_size, help="random training subset (default: all)")
     parser.add_argument("--dev-size", type=int, default=None, help="random dev subset for validation (default: all)")
@@ -50,7 +50,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, max_steps: int, train_
                         help="optimisation steps of the estimator after its closed-form start (default: per analysis)")
     parser.add_argument("--cache", default=None,
                         help="folder of trained models: reused when present, written otherwise")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--tiny", action="store_true", help="tiny models, a few steps (tests)")
     parser.add_argument("--progress", action="store_true", help="show Lightning's progress bar")
     parser.add_argument("--accelerator", default="cpu", help="Lightning accelerator for training (cpu, gpu, auto)")

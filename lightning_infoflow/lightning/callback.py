@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 import uuid
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -13,12 +12,13 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers.logger import DummyLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch import Tensor, nn
+from torch import Tensor
 from typing_extensions import Self, override
 
 from lightning_infoflow.core.estimator import InfoFlowEstimator
 from lightning_infoflow.core.probe import Probe, ProbeLike
 from lightning_infoflow.core.result import InfoFlowResult
+from lightning_infoflow.lightning import schedule
 from lightning_infoflow.lightning.config import EstimatorConfig
 from lightning_infoflow.lightning.distributed import agree, estimate_split, refuse_sharded
 from lightning_infoflow.lightning.hooks import HookOutput, InfoFlowHook
@@ -26,6 +26,7 @@ from lightning_infoflow.lightning.probing import build_checked_probe
 from lightning_infoflow.lightning.publish import Publisher
 from lightning_infoflow.lightning.schedule import OverheadBudget, Schedule
 from lightning_infoflow.lightning.state import RunState
+from lightning_infoflow.lightning.target import find_target
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _DEFAULT_ESTIMATOR = EstimatorConfig()
@@ -61,13 +62,17 @@ class InfoFlowCallback(Callback):
         num_sentences: probe size when the probe is a dataset, and a cap otherwise.
         layers: module names, glob patterns or ``"auto"`` (see :class:`~lightning_infoflow.InfoFlowEstimator`).
         embedding: the word-embedding module name or ``"auto"``.
-        module: attribute of the LightningModule holding the network (e.g. ``"model"``); ``None``: the
-            LightningModule itself. Layer names are relative to it.
+        module: attribute of the LightningModule holding the network (e.g. ``"model"``). ``None``: the
+            LightningModule itself when its ``forward`` takes ``input_ids`` (or ``**kwargs``), else its one
+            Hugging Face submodule (see :mod:`lightning_infoflow.lightning.target`). Layer names are
+            relative to the analysed network (names relative to the LightningModule are cut to it).
         every_n_train_steps: analyse every N optimizer steps.
         log_spaced: also analyse at steps 1, 2, 5, 10, 20, 50, ... below ``every_n_train_steps``.
         at_end: analyse once more when training ends.
         max_overhead: keep the analyses' wall time under this fraction of the run's projected training time
-            by skipping scheduled analyses (counted in ``skipped``); the first and the last always run.
+            by skipping scheduled analyses (counted in ``skipped``). The first (step 0) and the last always
+            run; when those two alone exceed the budget, a warning after the first training step says so
+            once, with the projected training time and the cost of one analysis, and only those two run.
             ``None`` runs every scheduled analysis.
         name: the namespace of metric keys, folders and checkpoint state; two callbacks in one Trainer
             need two names.
@@ -178,11 +183,24 @@ class InfoFlowCallback(Callback):
             return
         self._enabled = True
         self._check_trainer(trainer)
-        self._estimator = InfoFlowEstimator(self._target(pl_module), self.layers, self.embedding,
-                                            **self.estimator.estimator_kwargs())
-        self._probe, self.state.layer_names = build_checked_probe(
-            self.probe, self.tokenizer, self._estimator, num_sentences=self.num_sentences, max_length=self.max_length
-        )
+        target = find_target(pl_module, self.module)
+        if target.found:
+            rank_zero_info(
+                f"InfoFlowCallback(name={self.name!r}): {type(pl_module).__name__}.forward does not take input_ids; "
+                f"analysing its Hugging Face submodule {target.attribute!r} ({type(target.module).__name__}), "
+                "layer names relative to it (pass module=... to choose another)"
+            )
+        self._estimator = InfoFlowEstimator(target.module, target.relative_layers(self.layers),
+                                            target.relative(self.embedding), **self.estimator.estimator_kwargs())
+        try:
+            self._probe, self.state.layer_names = build_checked_probe(
+                self.probe, self.tokenizer, self._estimator, num_sentences=self.num_sentences,
+                max_length=self.max_length
+            )
+        except ValueError as err:
+            if target.note:
+                raise ValueError(f"{err}\n{target.note}") from err
+            raise
         for hook in self.hooks:
             hook.setup(self._estimator, self._probe, self.tokenizer if callable(self.tokenizer) else None)
         problem = ""
@@ -215,17 +233,6 @@ class InfoFlowCallback(Callback):
             )
         refuse_sharded(trainer)
 
-    def _target(self, pl_module: LightningModule) -> nn.Module:
-        if self.module is None:
-            return pl_module
-        target = getattr(pl_module, self.module, None)
-        if not isinstance(target, nn.Module):
-            raise ValueError(
-                f"InfoFlowCallback(module={self.module!r}): the LightningModule has no submodule of that name; "
-                "pass the attribute that holds the network, or module=None"
-            )
-        return target
-
     # ------------------------------------------------------------------ schedule
 
     def _due(self, step: int) -> bool:
@@ -247,6 +254,10 @@ class InfoFlowCallback(Callback):
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if isinstance(loss, Tensor) and loss.numel() == 1:
             self.state.add_loss(loss)
+        if not self._budget.judged:  # once, after the first analysis and training step
+            verdict = self._budget.verdict(trainer.global_step, float(trainer.estimated_stepping_batches))
+            if verdict:
+                rank_zero_warn(f"InfoFlowCallback(name={self.name!r}): {verdict}")
         if not self._due(trainer.global_step):
             return
         skip = self._budget.over(trainer.global_step, float(trainer.estimated_stepping_batches))
@@ -255,7 +266,7 @@ class InfoFlowCallback(Callback):
         if skip:
             self.state.last_step = trainer.global_step
             self.state.skipped += 1
-            if self.state.skipped == 1:
+            if self.state.skipped == 1 and not self._budget.cannot_hold:  # else said by the verdict
                 rank_zero_info(
                     f"InfoFlowCallback: skipping the analysis at step {trainer.global_step} (and later ones while "
                     f"needed) to keep the analyses under max_overhead={self.max_overhead} of the training time; "
@@ -269,6 +280,8 @@ class InfoFlowCallback(Callback):
         if self.at_end and self._enabled and trainer.global_step not in self.state.steps:
             self._analyse(trainer, pl_module)
         self._budget.stop()
+        if self._enabled and trainer.is_global_zero:
+            self._publisher.finish(trainer)
         if self._enabled and trainer.world_size > 1:
             # every rank waits for rank 0's last analysis and logging before the process group goes away
             trainer.strategy.barrier("infoflow_end")
@@ -286,7 +299,7 @@ class InfoFlowCallback(Callback):
             return
         if self.state.run_id is None:
             self.state.run_id = uuid.uuid4().hex
-        started = time.perf_counter()
+        started = schedule.clock()
         warm = self.state.previous is not None
         try:
             result = self._estimate(trainer, self.estimator.warm_steps if warm else self.estimator.steps, step)
@@ -299,16 +312,17 @@ class InfoFlowCallback(Callback):
                 "Training continues; the next analysis will try again."
             )
             return
-        seconds = time.perf_counter() - started
+        seconds = schedule.clock() - started
         self._budget.spent(seconds, new_analysis=True)
         result.meta.update(name=self.name, step=step, run_id=self.state.run_id, epoch=trainer.current_epoch,
-                           seconds=seconds, warm_start=warm, world_size=trainer.world_size if self._split(trainer) else 1)
+                           seconds=seconds, warm_start=warm,
+                           world_size=trainer.world_size if self._split(trainer) else 1)
         self.state.record(result, step, trainer)
         if trainer.is_global_zero:
-            started = time.perf_counter()
+            started = schedule.clock()
             self._publisher.publish(trainer, result, self.state.curves(), self._run_hooks(result, step))
             self.state.check_collapse()
-            self._budget.spent(time.perf_counter() - started, new_analysis=False)  # logging counts too
+            self._budget.spent(schedule.clock() - started, new_analysis=False)  # logging counts too
         self.state.last_step = step
 
     def _estimate(self, trainer: Trainer, steps: int, step: int) -> InfoFlowResult:
@@ -350,7 +364,8 @@ def _validate(every_n_train_steps: Any, max_length: Any, num_sentences: Any, max
               estimator: Any, heatmaps: Any, hooks: Any, distributed: Any) -> None:
     checks = [
         ("every_n_train_steps", "a positive int", isinstance(every_n_train_steps, int) and every_n_train_steps > 0),
-        ("max_length", "a positive int or None", max_length is None or (isinstance(max_length, int) and max_length > 0)),
+        ("max_length", "a positive int or None",
+         max_length is None or (isinstance(max_length, int) and max_length > 0)),
         ("num_sentences", "a positive int or None",
          num_sentences is None or (isinstance(num_sentences, int) and num_sentences > 0)),
         ("max_overhead", "a positive fraction or None", max_overhead is None or max_overhead > 0),

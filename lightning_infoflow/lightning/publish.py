@@ -1,9 +1,11 @@
 """Publishing one analysis, on global rank 0: scalars, figures and the result file, in one pass.
 
 Everything goes under the callback's namespace ``name``: metric keys ``<name>/<measure>/<layer>``,
-result files ``<log_dir>/<name>/results/step_XXXXXXXX.pt`` (written atomically) and PNG figures
-``<log_dir>/<name>/images/``. A failure of one part (a full disk, a logger's error) is a warning
-naming the step; the other parts are still published and the next analysis tries again.
+result files ``<run folder>/<name>/results/step_XXXXXXXX.pt`` (written atomically, once, in the run
+folder of the Trainer's first logger: see :func:`~lightning_infoflow.lightning.sinks.logger_dir`) and
+PNG figures ``<log_dir>/<name>/images/`` for loggers without an image API. A failure of one part (a
+full disk, a logger's error) is a warning naming the step; the other parts are still published and
+the next analysis tries again.
 """
 
 from __future__ import annotations
@@ -45,19 +47,23 @@ class Publisher:
         self._run_dirs: list[str] = []
 
     def prepare(self, trainer: Trainer) -> None:
-        """Find each logger's run folder and prove its results (and PNG) folders writable (rank 0).
+        """Find each logger's run folder and prove the results (and PNG) folders writable (rank 0).
 
         Raises:
             ValueError: a folder is a file or not writable (from :func:`check_writable`).
         """
         self._run_dirs = [logger_dir(lg, trainer.default_root_dir) for lg in trainer.loggers]
-        for folder in dict.fromkeys(self._run_dirs):
-            check_writable(os.path.join(folder, self.name, "results"),
-                           f"InfoFlowCallback(name={self.name!r}): the results folder")
+        check_writable(os.path.join(self.results_dir, self.name, "results"),
+                       f"InfoFlowCallback(name={self.name!r}): the results folder")
         for logger, folder in zip(trainer.loggers, self._run_dirs):
             if self.heatmaps and self.sinks.writer(logger).writes_pngs:
                 check_writable(os.path.join(folder, self.name, "images"),
                                f"InfoFlowCallback(name={self.name!r}): the images folder")
+
+    @property
+    def results_dir(self) -> str:
+        """The run folder that holds ``<name>/results``: the first logger's."""
+        return self._run_dirs[0]
 
     def scalars(self, result: InfoFlowResult, seconds: float) -> dict[str, float]:
         values = {"information": result.layer_information, "entropy": result.mean_entropy,
@@ -69,29 +75,32 @@ class Publisher:
 
     def publish(self, trainer: Trainer, result: InfoFlowResult, curves: tuple[list[int], Tensor],
                 extra: HookOutput) -> None:
-        """Scalars to every logger and ``trainer.callback_metrics``, the result file, then the figures."""
+        """``trainer.callback_metrics``, the result file, the figures, then one write per logger."""
         step = int(result.meta["step"])
         scalars = self.scalars(result, float(result.meta.get("seconds", 0.0)))
         scalars.update({f"{self.name}/{k}": v for k, v in extra.scalars.items()})
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in scalars.items()})
-        self._attempt("log the scalars", step, lambda: self.sinks.log_scalars(trainer.loggers, scalars, step))
         self._attempt("write the result file", step, lambda: self.save(result, extra.data))
+        figures: dict[str, tuple[Figure, str]] = {}
         if self.heatmaps:
-            figures: dict[str, tuple[Figure, str]] = {}
             self._attempt("draw the figures", step, lambda: figures.update(self.figures(result, curves, extra)))
-            image_dirs = [os.path.join(folder, self.name, "images") for folder in self._run_dirs]
-            self._attempt("log the figures", step,
-                          lambda: self.sinks.log_figures(trainer.loggers, figures, step, image_dirs))
-            for fig, _ in figures.values():
-                fig.clear()
+        for logger, folder in zip(trainer.loggers, self._run_dirs):
+            image_dir = os.path.join(folder, self.name, "images")
+            self._attempt(f"log to {type(logger).__name__}", step,
+                          lambda lg=logger, d=image_dir: self.sinks.log_analysis(lg, scalars, figures, step, d))
+        for fig, _ in figures.values():
+            fig.clear()
+
+    def finish(self, trainer: Trainer) -> None:
+        """Training ended: let each logger's writer close what it opened (rank 0)."""
+        self._attempt("close the loggers' writers", -1, lambda: self.sinks.finish(trainer.loggers))
 
     def save(self, result: InfoFlowResult, data: dict[str, Any]) -> None:
-        """The result, plus the hooks' data, once per distinct run folder; each file written atomically."""
+        """The result, plus the hooks' data, in the results folder; written atomically."""
         content = {**data, **result.to_dict()}
-        for folder in dict.fromkeys(self._run_dirs):
-            path = result_path(folder, self.name, int(result.meta["step"]))
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            atomic_write(path, lambda f: torch.save(content, f))
+        path = result_path(self.results_dir, self.name, int(result.meta["step"]))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        atomic_write(path, lambda f: torch.save(content, f))
 
     def figures(self, result: InfoFlowResult, curves: tuple[list[int], Tensor], extra: HookOutput) -> Figures:
         from lightning_infoflow.reporting import figures

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 
 def log_spaced_steps(limit: int) -> list[int]:
@@ -42,6 +42,10 @@ class Schedule:
         return f"steps 0{early}, every {self.every_n_train_steps}"
 
 
+#: the wall clock of the budget and of the analyses' timing (a module attribute, so tests can drive it)
+clock: Callable[[], float] = time.perf_counter
+
+
 class OverheadBudget:
     """Keeps the analyses' wall time under ``max_overhead`` of the run's projected training time.
 
@@ -49,48 +53,88 @@ class OverheadBudget:
     step so far to ``trainer.estimated_stepping_batches`` (the time so far when that is unknown). One
     more analysis is over budget when it and the one reserved for the end (each as long as the last one)
     would exceed ``max_overhead`` of it. ``None`` never refuses.
+
+    The first analysis (step 0) runs before its cost is known. :meth:`verdict`, asked once after the
+    first training step, says whether the budget can hold at all: when the first analysis and the one
+    at the end already exceed it, it returns the numbers and what the callback does instead (the first
+    and the last analysis only), for the callback to say once.
     """
 
     def __init__(self, max_overhead: Optional[float]) -> None:
         self.max_overhead = max_overhead
         self.analysis_seconds = 0.0
         self.last_seconds = 0.0
+        self.first_seconds = 0.0
         self.fit_seconds = 0.0
+        self.judged = False
+        self.cannot_hold = False  # the verdict: the first and the last analysis alone exceed the budget
         self._clock: Optional[float] = None
 
     def start(self) -> None:
         """The fit starts (or resumes): its wall clock runs from now."""
-        self._clock = time.perf_counter()
+        self._clock = clock()
 
     def stop(self) -> None:
         if self._clock is not None:
-            self.fit_seconds += time.perf_counter() - self._clock
+            self.fit_seconds += clock() - self._clock
             self._clock = None
 
     def spent(self, seconds: float, new_analysis: bool) -> None:
         """Count ``seconds`` of analysis work (a new analysis, or the logging of the current one)."""
         self.analysis_seconds += seconds
         self.last_seconds = seconds if new_analysis else self.last_seconds + seconds
+        if not self.judged:
+            self.first_seconds = self.last_seconds
+
+    def projected_training(self, global_step: int, estimated_steps: float) -> float:
+        """Seconds of training (analyses excluded) projected to the whole run; the time so far if unknown."""
+        elapsed = self.fit_seconds + (clock() - self._clock if self._clock is not None else 0.0)
+        training = max(elapsed - self.analysis_seconds, 0.0)
+        step = max(global_step, 1)
+        if math.isfinite(estimated_steps) and estimated_steps >= step:
+            training = training / step * estimated_steps
+        return training
 
     def over(self, global_step: int, estimated_steps: float) -> bool:
         if self.max_overhead is None or self.last_seconds == 0.0:
             return False
-        elapsed = self.fit_seconds + (time.perf_counter() - self._clock if self._clock is not None else 0.0)
-        training = elapsed - self.analysis_seconds
-        step = max(global_step, 1)
-        if math.isfinite(estimated_steps) and estimated_steps >= step:
-            training = training / step * estimated_steps
         upcoming = 2 * self.last_seconds  # this analysis and the one at the end
-        return self.analysis_seconds + upcoming > self.max_overhead * max(training, 0.0)
+        return self.analysis_seconds + upcoming > self.max_overhead * self.projected_training(global_step,
+                                                                                             estimated_steps)
+
+    def verdict(self, global_step: int, estimated_steps: float) -> Optional[str]:
+        """Once, after the first analysis and training step: why the budget cannot hold, or ``None``."""
+        if self.judged or self.max_overhead is None or self.first_seconds == 0.0 or global_step < 1:
+            return None
+        self.judged = True
+        if not math.isfinite(estimated_steps):
+            return None  # the run's length is unknown: nothing to project
+        training = self.projected_training(global_step, estimated_steps)
+        budget = self.max_overhead * training
+        if 2 * self.first_seconds <= budget:
+            return None
+        self.cannot_hold = True
+        return (
+            f"max_overhead={self.max_overhead} cannot hold on this run: its projected training time is "
+            f"{training:.1f} s ({int(estimated_steps)} steps at {training / estimated_steps:.2f} s), a budget of "
+            f"{budget:.1f} s, and one analysis costs {self.first_seconds:.1f} s (the first one, figures and files "
+            f"included). Instead the callback runs only the first analysis and the one at the end of training "
+            f"(about {2 * self.first_seconds:.0f} s, +{100 * 2 * self.first_seconds / max(training, 1e-9):.0f}% "
+            "if the last costs as much as the first) and skips the others. For more analyses: a longer run, fewer "
+            "probe sentences (num_sentences=...), a cheaper EstimatorConfig(steps=..., samples=...), or "
+            "max_overhead=None to run every scheduled analysis."
+        )
 
     def reset(self) -> None:
-        self.analysis_seconds = self.last_seconds = self.fit_seconds = 0.0
+        self.analysis_seconds = self.last_seconds = self.first_seconds = self.fit_seconds = 0.0
+        self.judged = self.cannot_hold = False
         self._clock = None
 
     def state_dict(self) -> dict[str, Any]:
-        running = time.perf_counter() - self._clock if self._clock is not None else 0.0
+        running = clock() - self._clock if self._clock is not None else 0.0
         return {"analysis_seconds": self.analysis_seconds, "fit_seconds": self.fit_seconds + running}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.analysis_seconds = float(state.get("analysis_seconds", 0.0))
         self.fit_seconds = float(state.get("fit_seconds", 0.0))
+        self.judged = self.judged or self.analysis_seconds > 0  # a resumed run was judged before

@@ -1,9 +1,11 @@
 """Where an analysis goes: one writer per logger type, chosen from a registry that users can extend.
 
 Lightning has no common image API, so each logger type has a :class:`LoggerWriter`: TensorBoard
-(``add_figure`` and a custom-scalars chart), Weights & Biases (``WandbLogger.log_image``), MLflow
-(``log_figure``); every other logger (CSVLogger included) gets its scalars through ``log_metrics`` and
-its figures as PNG files under ``<log_dir>/<name>/images``. A logger type without a registered writer
+(one run per layer, so that layers get their own colour and legend entry, a custom-scalars chart per
+measure, and ``add_figure``), Weights & Biases (one history row per analysis, scalars and images
+together, against the step metric ``<name>/step``), MLflow (``log_figure``); every other logger
+(CSVLogger included) gets its scalars through ``log_metrics`` and its figures as PNG files under
+``<log_dir>/<name>/images``. A logger type without a registered writer
 uses that default and is warned about once. Register a writer for your own logger with
 :func:`register_writer`::
 
@@ -51,24 +53,60 @@ class LoggerWriter:
     #: whether :meth:`log_figures` writes into ``image_dir`` (checked for writability at setup)
     writes_pngs = True
 
+    def log_analysis(self, logger: Logger, namespace: str, scalars: Mapping[str, float], figures: Figures,
+                     step: int, image_dir: str) -> None:
+        """One analysis: its scalars, then its figures (when there are any)."""
+        self.log_scalars(logger, scalars, step)
+        logger.save()
+        if figures:
+            self.log_figures(logger, figures, step, image_dir)
+
     def log_scalars(self, logger: Logger, scalars: Mapping[str, float], step: int) -> None:
         logger.log_metrics(dict(scalars), step=step)
 
     def log_layout(self, logger: Logger, namespace: str) -> None:
-        """Called once per logger before the first scalars: a place for dashboard layouts."""
+        """Called once per logger before the first analysis: a place for dashboard layouts."""
 
     def log_figures(self, logger: Logger, figures: Figures, step: int, image_dir: str) -> None:
         save_pngs(figures, image_dir, step)
 
+    def finish(self, logger: Logger, namespace: str) -> None:
+        """Called once when training ends: close what :meth:`log_analysis` opened."""
+
 
 class TensorBoardWriter(LoggerWriter):
-    """``add_figure`` per figure; one custom-scalars chart per measure with every layer on it."""
+    """One run per layer, one custom-scalars chart per measure with every layer on it, ``add_figure``.
+
+    TensorBoard colours lines by run, so the per-layer measures go to a run of their own per layer,
+    ``<log_dir>/<name>/tb/<layer>``, under one tag per measure, ``<name>/<measure>`` (what
+    ``SummaryWriter.add_scalars`` does): the scalars page and the custom-scalars page then draw one
+    coloured line per layer with the layer in the legend. Other scalars (``analysis_seconds``, hooks'
+    scalars) and the figures go to the logger's own run.
+    """
 
     writes_pngs = False
+
+    def __init__(self) -> None:
+        self._runs: dict[tuple[str, str], dict[str, Any]] = {}  # (log_dir, namespace) -> layer -> SummaryWriter
 
     def log_layout(self, logger: Logger, namespace: str) -> None:
         assert isinstance(logger, TensorBoardLogger)
         logger.experiment.add_custom_scalars(custom_scalars_layout(namespace))
+
+    def log_analysis(self, logger: Logger, namespace: str, scalars: Mapping[str, float], figures: Figures,
+                     step: int, image_dir: str) -> None:
+        assert isinstance(logger, TensorBoardLogger)
+        per_layer, rest = split_per_layer(scalars, namespace)
+        runs = self._runs.setdefault((logger.log_dir, namespace), {})
+        for (measure, layer), value in per_layer.items():
+            if layer not in runs:
+                from torch.utils.tensorboard import SummaryWriter
+
+                runs[layer] = SummaryWriter(os.path.join(logger.log_dir, namespace, "tb", _SAFE.sub("_", layer)))
+            runs[layer].add_scalar(f"{namespace}/{measure}", value, global_step=step)
+        for run in runs.values():
+            run.flush()
+        super().log_analysis(logger, namespace, rest, figures, step, image_dir)
 
     def log_figures(self, logger: Logger, figures: Figures, step: int, image_dir: str) -> None:
         assert isinstance(logger, TensorBoardLogger)
@@ -76,16 +114,35 @@ class TensorBoardWriter(LoggerWriter):
             logger.experiment.add_figure(tag, fig, global_step=step, close=False)
         logger.experiment.flush()
 
+    def finish(self, logger: Logger, namespace: str) -> None:
+        assert isinstance(logger, TensorBoardLogger)
+        for run in self._runs.pop((logger.log_dir, namespace), {}).values():
+            run.close()
+
 
 class WandbWriter(LoggerWriter):
-    """``WandbLogger.log_image`` per figure, with its caption, at the analysis's ``step``."""
+    """One ``experiment.log`` call per analysis: its scalars and its images (with captions) in one history row.
+
+    The row carries ``<name>/step`` (the analysis's optimizer step), declared with ``define_metric`` as
+    the step metric of every ``<name>/*`` key, so analyses never fight the trainer's own step; it also
+    carries ``trainer/global_step``, the x-axis WandbLogger gives every metric.
+    """
 
     writes_pngs = False
 
-    def log_figures(self, logger: Logger, figures: Figures, step: int, image_dir: str) -> None:
+    def log_layout(self, logger: Logger, namespace: str) -> None:
         assert isinstance(logger, WandbLogger)
-        for tag, (fig, caption) in figures.items():
-            logger.log_image(key=tag, images=[figure_to_pil(fig)], step=step, caption=[caption])
+        logger.experiment.define_metric(f"{namespace}/step")
+        logger.experiment.define_metric(f"{namespace}/*", step_metric=f"{namespace}/step")
+
+    def log_analysis(self, logger: Logger, namespace: str, scalars: Mapping[str, float], figures: Figures,
+                     step: int, image_dir: str) -> None:
+        assert isinstance(logger, WandbLogger)
+        import wandb
+
+        row: dict[str, Any] = {**scalars, f"{namespace}/step": step, "trainer/global_step": step}
+        row.update({tag: wandb.Image(figure_to_pil(fig), caption=caption) for tag, (fig, caption) in figures.items()})
+        logger.experiment.log(row)
 
 
 class MLFlowWriter(LoggerWriter):
@@ -140,13 +197,27 @@ def logger_dir(logger: Logger, fallback: str) -> str:
 
 
 def custom_scalars_layout(namespace: str) -> dict[str, Any]:
-    """TensorBoard custom-scalars layout: one multi-line chart per measure, all layers on it."""
+    """TensorBoard custom-scalars layout: one multi-line chart per measure, a line per layer's run."""
     prefix = re.escape(namespace)
-    return {namespace: {title: ["Multiline", [rf"^{prefix}/{measure}/.*"]] for measure, title in MEASURES.items()}}
+    return {namespace: {title: ["Multiline", [rf"^{prefix}/{measure}$"]] for measure, title in MEASURES.items()}}
+
+
+def split_per_layer(scalars: Mapping[str, float], namespace: str) -> tuple[dict[tuple[str, str], float],
+                                                                            dict[str, float]]:
+    """``{(measure, layer): value}`` of the ``<namespace>/<measure>/<layer>`` keys, and the other scalars."""
+    per_layer: dict[tuple[str, str], float] = {}
+    rest: dict[str, float] = {}
+    for key, value in scalars.items():
+        measure, _, layer = key[len(namespace) + 1:].partition("/")
+        if key.startswith(f"{namespace}/") and measure in MEASURES and layer:
+            per_layer[(measure, layer)] = value
+        else:
+            rest[key] = value
+    return per_layer, rest
 
 
 class Sinks:
-    """Writes scalars and figures to every logger of a Trainer through its writer."""
+    """Writes each analysis to every logger of a Trainer through its writer."""
 
     def __init__(self, namespace: str) -> None:
         self.namespace = namespace
@@ -166,21 +237,20 @@ class Sinks:
             return _DEFAULT
         return writer
 
-    def log_scalars(self, loggers: Sequence[Logger], scalars: Mapping[str, float], step: int) -> None:
-        for logger in loggers:
-            writer = self.writer(logger)
-            if id(logger) not in self._layout_written:
-                writer.log_layout(logger, self.namespace)
-                self._layout_written.add(id(logger))
-            writer.log_scalars(logger, scalars, step)
-            logger.save()
+    def log_analysis(self, logger: Logger, scalars: Mapping[str, float], figures: Figures, step: int,
+                     image_dir: str) -> None:
+        """One analysis to one logger (its dashboard layout first, once)."""
+        writer = self.writer(logger)
+        if id(logger) not in self._layout_written:
+            writer.log_layout(logger, self.namespace)
+            self._layout_written.add(id(logger))
+        writer.log_analysis(logger, self.namespace, scalars, figures, step, image_dir)
 
-    def log_figures(self, loggers: Sequence[Logger], figures: Figures, step: int,
-                    image_dirs: Sequence[str]) -> None:
-        """``image_dirs[i]`` is where PNG files of ``loggers[i]`` go."""
-        if figures:
-            for logger, image_dir in zip(loggers, image_dirs):
-                self.writer(logger).log_figures(logger, figures, step, image_dir)
+    def finish(self, loggers: Sequence[Logger]) -> None:
+        for logger in loggers:
+            if id(logger) in self._layout_written:
+                self.writer(logger).finish(logger, self.namespace)
+        self._layout_written.clear()
 
 
 def png_name(tag: str, step: int) -> str:
