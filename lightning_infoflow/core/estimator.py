@@ -49,8 +49,16 @@ from torch import Tensor, nn
 from lightning_infoflow.core import guard, inputs
 from lightning_infoflow.core.chunks import ChunkScorer, chunk_size
 from lightning_infoflow.core.result import InfoFlowResult
-from lightning_infoflow.core.runner import Position, PreparedProbe, ProbeRunner, check_position
+from lightning_infoflow.core.runner import (
+    Normalisation,
+    Position,
+    PreparedProbe,
+    ProbeRunner,
+    check_normalisation,
+    check_position,
+)
 from lightning_infoflow.core.settings import check_settings, check_steps
+from lightning_infoflow.core.uncertainty import StepNoise
 
 _TAU = 5.0  # steps over which the step size halves (eta_t = lr / (1 + t / _TAU))
 _MAX_GRAD = 2.0  # gradient clip on log sigma from above (from below it is -1, the prior term alone)
@@ -91,6 +99,15 @@ class InfoFlowEstimator:
         tol: stop early when no ``log sigma`` moved more than this over ``check_every`` steps.
         check_every: steps between convergence checks (the only host-device synchronisations).
         seed: seed of the estimator's private noise generator; the global RNG is never used.
+        normalisation: the per-unit scale ``var_e`` of Eq. 7. ``"tokens"`` (default): each hidden unit's
+            variance over every real token of the probe. ``"sentences"`` (the paper's authors' code): the
+            variance over the probe's sentences of each sentence's state averaged over its tokens. The
+            averages vary less than the tokens, so the same ``lam`` allows less noise with
+            ``"sentences"``: the same optimum needs ``lam_tokens = r * lam_sentences`` with ``r`` the
+            ratio of the two normalised sensitivities (``sum_e J_e^2 / var_e``), which depends on the
+            layer. Measured ratio of sigma at equal ``lam`` (``sigma_sentences / sigma_tokens``,
+            ``r = ratio^2``): NORMALISATION_RATIO. Each result records its normalisation in
+            ``meta["normalisation"]``.
 
     Thread safety: one estimator (and one model) serves one thread at a time. An analysis holds the model
     (:func:`~lightning_infoflow.core.guard.exclusive`): a second ``estimate``/``check`` of the same model
@@ -141,11 +158,14 @@ class InfoFlowEstimator:
         tol: float = 1e-3,
         check_every: int = 25,
         seed: int = 0,
+        normalisation: Normalisation = "tokens",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"`model` must be an nn.Module, got {type(model).__name__}")
         check_settings(lam, steps, samples, sigma_max, lr, warm_lr, chunk_size, memory_budget, tol, check_every)
         check_position(position)
+        check_normalisation(normalisation)
+        self.normalisation: Normalisation = normalisation
         self.model = model
         self.lam = float(lam)
         self.steps = steps
@@ -261,7 +281,7 @@ class InfoFlowEstimator:
             ref_mask = inputs.word_mask(reference, self.pad_token_id).to(device)
             reference = inputs.to_device(reference, device)
         return self._runner.prepare(batch, mask, self.position, noise_scale=self.sigma_max, reference=reference,
-                                    reference_mask=ref_mask, seed=self.seed + 1)
+                                    reference_mask=ref_mask, seed=self.seed + 1, normalisation=self.normalisation)
 
     # ------------------------------------------------------------------ optimisation
 
@@ -293,9 +313,11 @@ class InfoFlowEstimator:
         # Step size schedule eta_t = lr / (1 + t / tau): a warm start enters the schedule where the step
         # is ``warm_lr`` (a good start point is kept, not shaken by the first steps).
         offset = _TAU * (self.lr / self.warm_lr - 1.0) if init is not None else 0.0
+        step_noise = StepNoise(words)
         recon, steps_run = self._refine(log_sigma, prep, scorer, bounds, words, samples, gen,
-                                        steps, offset, on_step)
-        return self._result(prep, log_sigma.detach(), words, recon, steps_run, samples, chunk, init, tokens)
+                                        steps, offset, on_step, step_noise)
+        return self._result(prep, log_sigma.detach(), words, recon, (steps_run, samples, chunk), step_noise, init,
+                            tokens)
 
     def _closed_form(self, prep: PreparedProbe, scorer: ChunkScorer, bounds: list[tuple[int, int]],
                      samples: int, gen: torch.Generator) -> Tensor:
@@ -315,8 +337,11 @@ class InfoFlowEstimator:
 
     def _refine(self, log_sigma: Tensor, prep: PreparedProbe, scorer: ChunkScorer, bounds: list[tuple[int, int]],
                 words: Tensor, samples: int, gen: torch.Generator, steps: int, offset: float,
-                on_step: Optional[Callable[[int, int], None]]) -> tuple[Tensor, int]:
-        """SGD on ``log sigma`` in place; returns the last step's reconstruction term per row and the steps run."""
+                on_step: Optional[Callable[[int, int], None]], step_noise: StepNoise) -> tuple[Tensor, int]:
+        """SGD on ``log sigma`` in place; returns the last step's reconstruction term per row and the steps run.
+
+        ``step_noise`` records each step's gradient for the estimator's own standard error.
+        """
         device = prep.mask.device
         n_rows, bsz, seq, dim = len(prep.rows), prep.batch_size, prep.seq_len, prep.embedding_dim
         copies = n_rows * samples * bsz
@@ -341,7 +366,9 @@ class InfoFlowEstimator:
                     grad += torch.autograd.grad(loss, log_sigma)[0]
                 recon.index_add_(0, g_idx[a:b], err.detach() / (dim * self.lam * samples))
             eta = self.lr / (1.0 + (step + offset) / _TAU)
-            log_sigma.sub_(eta * grad.clamp_(-1.0, _MAX_GRAD))
+            grad.clamp_(-1.0, _MAX_GRAD)
+            step_noise.record(grad, eta, log_sigma.detach() < log_max - 1e-4)
+            log_sigma.sub_(eta * grad)
             log_sigma.clamp_(max=log_max)
             steps_run = step + 1
             if on_step is not None:
@@ -353,10 +380,12 @@ class InfoFlowEstimator:
                 last_check = log_sigma.detach().clone()
         return recon, steps_run
 
-    def _result(self, prep: PreparedProbe, log_sigma: Tensor, words: Tensor, recon: Tensor, steps_run: int,
-                samples: int, chunk: int, init: Optional[InfoFlowResult],
+    def _result(self, prep: PreparedProbe, log_sigma: Tensor, words: Tensor, recon: Tensor,
+                run: tuple[int, int, int], step_noise: StepNoise, init: Optional[InfoFlowResult],
                 tokens: Optional[list[list[str]]]) -> InfoFlowResult:
-        """The result, with words whose layer was not finite under the noise flagged (and warned about)."""
+        """The result (``run``: steps run, samples, chunk size), with words whose layer was not finite under
+        the noise flagged (and warned about)."""
+        steps_run, samples, chunk = run
         n_rows, bsz = len(prep.rows), prep.batch_size
         log_max = math.log(prep.noise_scale)
         unstable = words & ~torch.isfinite(log_sigma)
@@ -375,8 +404,11 @@ class InfoFlowEstimator:
             loss=loss_val.float().cpu(),
             tokens=tokens,
             meta={"lam": self.lam, "steps_run": steps_run, "samples": samples, "chunk_size": chunk,
-                  "embedding": self.embedding_name, "warm_start": init is not None},
+                  "embedding": self.embedding_name, "warm_start": init is not None,
+                  "normalisation": self.normalisation},
             unstable=unstable.cpu(),
+            noise_se=step_noise.information_se(prep.embedding_dim, words & (log_sigma < log_max - 1e-4)),
+            state_spread=prep.state_spread(),
         )
 
     @staticmethod
