@@ -111,24 +111,36 @@ def _inv_std_of(flat: Tensor) -> Tensor:
 
 
 def state_spread(state: Tensor, weights: Tensor) -> float:
-    """How much a layer's state varies over the probe, relative to its magnitude: in ``[0, 1]``.
+    """How much a layer's state varies between the probe's sentences, relative to its magnitude: in ``[0, 1]``.
 
-    ``sum_e Var(s_e) / sum_e E[s_e^2]`` over the time steps that form the state (``weights`` ``[B, T']``
-    > 0, see :func:`state_mask`): the share of the state's mean square that is variation between tokens
-    rather than a vector common to all of them. 1 for states centred at 0, near 0 for a collapsed layer
-    that maps every token to about the same vector (its per-unit normalisation then divides by a tiny
-    spread, and the estimator reads the collapse as much information). Scale-free: a layer whose states
-    all shrink together keeps its spread. NaN with fewer than two states; 0 for an all-zero state.
+    ``sum_e Var_b(s_bte) / sum_e E[s_bte^2]``: the variance over sentences at the same time step (summed
+    over units, pooled over time steps weighted by their real sentences), over the mean square of the
+    state, both over the time steps that form the state (``weights`` ``[B, T']`` > 0, see
+    :func:`state_mask`). Where each sentence has one state (a pooled state, or one selected word), the
+    variance is over those states. The share of the state's mean square that depends on the input words:
+    near 1 for states centred at 0, near 0 for a collapsed layer that maps every sentence to about the same
+    states (what varies with the time step alone, e.g. a recurrent layer fed a constant, does not count).
+    A collapsed layer's per-unit normalisation divides by a tiny spread, and the estimator reads the
+    collapse as much information. Scale-free: a layer whose states all shrink together keeps its spread.
+    NaN with fewer than two sentences; 0 for an all-zero state.
 
-    >>> state = torch.tensor([[[1.0, 0.0], [1.0, 0.0]], [[1.0, 0.0], [1.0, 0.2]]])
-    >>> round(state_spread(state, torch.ones(2, 2)), 4)
-    0.0074
+    >>> state = torch.tensor([[[1.0, 0.0], [1.0, 0.0]], [[1.0, 0.0], [1.0, 0.2]]])  # [B=2, T'=2, F=2]
+    >>> round(state_spread(state, torch.ones(2, 2)), 4)  # only the last unit of the last step differs
+    0.005
     """
-    flat = state[weights > 0]
-    if flat.shape[0] < 2:
+    w = (weights > 0).to(torch.float64)
+    s = state.double()
+    if bool((w.sum(1) <= 1).all()):  # one state per sentence: pool the sentences
+        w = w.sum(1, keepdim=True)
+        s = (state.double() * (weights > 0).unsqueeze(-1)).sum(1, keepdim=True)
+    count = w.sum(0)  # [T']: real sentences per time step
+    square = float((s.pow(2).sum(-1) * w).sum()) / max(float(w.sum()), 1.0)
+    used = count >= 2
+    if not bool(used.any()):
         return float("nan")
-    square = float(flat.double().pow(2).mean(0).sum())
-    return float(flat.double().var(dim=0, unbiased=False).sum()) / square if square > 0 else 0.0
+    mean = (s * w.unsqueeze(-1)).sum(0) / count.clamp_min(1.0).unsqueeze(-1)  # [T', F]
+    var = ((s - mean).pow(2).sum(-1) * w).sum(0)  # [T']: count x variance over sentences
+    return float(var[used].sum() / count[used].sum()) / square if square > 0 else 0.0
 
 
 def state_mask(length: int, position: Any, aligned: bool, mask: Tensor) -> Tensor:

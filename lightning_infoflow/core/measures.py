@@ -12,7 +12,8 @@ from torch import Tensor
 
 COLLAPSED_SPREAD = 0.01
 """A layer whose state spread (:func:`~lightning_infoflow.core.hidden.state_spread`) is below this is collapsed:
-less than 1% of its states' mean square is variation between tokens."""
+less than 1% of its states' mean square varies between the probe's sentences (measured: 4e-4 for a layer of a
+run that learned nothing under a far too large weight decay, 0.2-0.8 for the same model trained healthily)."""
 
 
 def word_entropy(sigma: Tensor, dim: int) -> Tensor:
