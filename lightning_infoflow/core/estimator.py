@@ -58,6 +58,7 @@ from lightning_infoflow.core.runner import (
     check_position,
 )
 from lightning_infoflow.core.settings import check_settings, check_steps
+from lightning_infoflow.core.start import closed_form, warm_start
 from lightning_infoflow.core.uncertainty import StepNoise
 
 _TAU = 5.0  # steps over which the step size halves (eta_t = lr / (1 + t / _TAU))
@@ -99,15 +100,15 @@ class InfoFlowEstimator:
         tol: stop early when no ``log sigma`` moved more than this over ``check_every`` steps.
         check_every: steps between convergence checks (the only host-device synchronisations).
         seed: seed of the estimator's private noise generator; the global RNG is never used.
-        normalisation: the per-unit scale ``var_e`` of Eq. 7. ``"tokens"`` (default): each hidden unit's
-            variance over every real token of the probe. ``"sentences"`` (the paper's authors' code): the
-            variance over the probe's sentences of each sentence's state averaged over its tokens. The
-            averages vary less than the tokens, so the same ``lam`` allows less noise with
-            ``"sentences"``: the same optimum needs ``lam_tokens = r * lam_sentences`` with ``r`` the
-            ratio of the two normalised sensitivities (``sum_e J_e^2 / var_e``), which depends on the
-            layer. Measured ratio of sigma at equal ``lam`` (``sigma_sentences / sigma_tokens``,
-            ``r = ratio^2``): NORMALISATION_RATIO. Each result records its normalisation in
-            ``meta["normalisation"]``.
+        normalisation: the per-unit scale ``var_e`` of Eq. 7: ``"tokens"`` (default), each hidden unit's
+            variance over every real token of the probe; ``"sentences"`` (the paper's authors' code), its
+            variance over the probe's sentences of their token-averaged states. Averages vary less than
+            tokens, so one ``lam`` allows less noise with ``"sentences"``: the same optimum needs
+            ``lam_tokens = r * lam_sentences``, ``r = (sigma_sentences / sigma_tokens)^2`` at equal ``lam``
+            (a ratio of normalised sensitivities, layer-dependent). Measured ``r``: 0.10-0.32 on the test
+            models (tiny BERT 0.13/0.24, GRU stack 0.24-0.32, Transformer encoder 0.10/0.12; the paper's
+            ``lam=0.1`` is about ``lam=0.01-0.03`` here), 0.17 and 0.42 at layers 3 and 6 of
+            all-MiniLM-L6-v2. Recorded in ``meta["normalisation"]``.
 
     Thread safety: one estimator (and one model) serves one thread at a time. An analysis holds the model
     (:func:`~lightning_infoflow.core.guard.exclusive`): a second ``estimate``/``check`` of the same model
@@ -305,9 +306,9 @@ class InfoFlowEstimator:
         chunk = chunk_size(self.chunk_size, self.memory_budget, copies, per_copy, noise_bytes, device)
         bounds = [(a, min(a + chunk, copies)) for a in range(0, copies, chunk)]
         if init is not None:
-            log_sigma = self._warm_start(init, prep, device)
+            log_sigma = warm_start(init, prep, device)
         else:
-            log_sigma = self._closed_form(prep, scorer, bounds, samples, gen)
+            log_sigma = closed_form(prep, scorer, bounds, samples, gen, self.lam)
         log_sigma = log_sigma.clamp(max=log_max).masked_fill(~words, 0.0)
         log_sigma = log_sigma.contiguous().requires_grad_(True)
         # Step size schedule eta_t = lr / (1 + t / tau): a warm start enters the schedule where the step
@@ -318,22 +319,6 @@ class InfoFlowEstimator:
                                         steps, offset, on_step, step_noise)
         return self._result(prep, log_sigma.detach(), words, recon, (steps_run, samples, chunk), step_noise, init,
                             tokens)
-
-    def _closed_form(self, prep: PreparedProbe, scorer: ChunkScorer, bounds: list[tuple[int, int]],
-                     samples: int, gen: torch.Generator) -> Tensor:
-        """``log sigma`` of the linearised optimum ``sigma_i^2 = K lam / (2 ||J_i||_F^2)``: ``[L, B, T]``."""
-        device = prep.mask.device
-        n_rows, bsz, seq, dim = len(prep.rows), prep.batch_size, prep.seq_len, prep.embedding_dim
-        copies = n_rows * samples * bsz
-        g_idx = torch.arange(copies, device=device) // (samples * bsz)
-        b_idx = torch.arange(copies, device=device) % bsz
-        jac = torch.zeros(n_rows, bsz, seq, device=device)
-        u_all = torch.randn((copies, *scorer.max_state_shape), generator=gen, device=device)
-        for a, b in bounds:
-            sq = scorer.vjp_norms(a, b, prep.x[b_idx[a:b]], u_all[a:b])
-            jac.index_put_((g_idx[a:b], b_idx[a:b]), sq / samples, accumulate=True)
-        return 0.5 * (torch.log(torch.tensor(dim * self.lam, device=device)) - math.log(2.0)
-                      - torch.log(jac.clamp_min(1e-30)))
 
     def _refine(self, log_sigma: Tensor, prep: PreparedProbe, scorer: ChunkScorer, bounds: list[tuple[int, int]],
                 words: Tensor, samples: int, gen: torch.Generator, steps: int, offset: float,
@@ -425,15 +410,3 @@ class InfoFlowEstimator:
                     RuntimeWarning,
                     stacklevel=4,
                 )
-
-    @staticmethod
-    def _warm_start(init: InfoFlowResult, prep: PreparedProbe, device: torch.device) -> Tensor:
-        names = [r.name for r in prep.rows]
-        mask = prep.mask
-        if list(init.layer_names) != names or tuple(init.sigma.shape[1:]) != tuple(mask.shape):
-            raise ValueError(
-                f"`init` holds layers {init.layer_names} for sentences of shape {tuple(init.sigma.shape[1:])}, "
-                f"but this estimate has layers {names} and shape {tuple(mask.shape)}; pass a result of the same "
-                "estimator and probe"
-            )
-        return torch.nan_to_num(init.sigma.to(device).log(), nan=0.0)
