@@ -18,9 +18,10 @@ Two standard errors of ``InfoFlowResult.layer_information`` (nats per word), eac
     to first order, a filtered sum of the per-step gradient noise, ``e_T = sum_t w_t xi_t`` with
     ``w_t = eta_t prod_{s>t} (1 - h eta_s)`` for the step sizes ``eta_t`` and the curvature ``h = 2`` of
     the objective in ``log sigma`` near its optimum (see the estimator's docstring). The variance of the
-    gradient noise is estimated per layer and sentence from the differences of consecutive steps'
-    gradients summed over the sentence's words (``Var(xi) = E[(g_t - g_{t-1})^2] / 2`` while the
-    iterate barely moves; the second half of the steps run), which keeps the correlation between words
+    gradient noise is estimated per layer, sentence and step from the difference of consecutive steps'
+    gradients summed over the sentence's words (``Var(xi_t) = (g_t - g_{t-1})^2 / 2`` while the iterate
+    barely moves; early steps, where it moves, have decayed out of the last iterate), which keeps the
+    correlation between words
     of one sentence. ``noise_se = K / N * sqrt(sum_b Var(e_b))`` over the layer's ``N`` words. It does not
     cover the estimator's bias (too few steps to converge: compare with a longer run), and it is NaN
     when no optimisation step ran (``steps=0``).
@@ -85,7 +86,7 @@ def bootstrap_se(sums: Tensor, words: Tensor, replicates: int = BOOTSTRAP_REPLIC
 
 
 class StepNoise:
-    """The estimator's own noise, read off the gradients of its last steps (see the module docstring).
+    """The estimator's own noise, read off the gradients of its steps (see the module docstring).
 
     Args:
         words: bool ``[L, B, T]``, the words being optimised.
@@ -93,24 +94,29 @@ class StepNoise:
 
     def __init__(self, words: Tensor) -> None:
         self.words = words
-        self.sums: list[Tensor] = []  # per step: the gradient summed over each sentence's free words, [L, B]
-        self.gain = 0.0  # sum_t w_t^2 of the filter from gradient noise to the last iterate
+        self.last: Tensor | None = None  # the previous step's gradient summed over each sentence's free words
+        self.variance = torch.zeros(words.shape[:2], dtype=torch.float64, device=words.device)  # [L, B]
+        self.steps = 0
 
     def record(self, grad: Tensor, eta: float, free: Tensor) -> None:
-        """One step: the (clipped) gradient ``[L, B, T]``, its step size, and the words not at the bound."""
-        self.sums.append((grad * free).sum(-1).detach())
-        self.gain = (1.0 - CURVATURE * eta) ** 2 * self.gain + eta**2
+        """One step: the (clipped) gradient ``[L, B, T]``, its step size, and the words not at the bound.
+
+        Propagates the variance of each sentence's summed ``log sigma`` error through the step,
+        ``Var <- (1 - h eta)^2 Var + eta^2 Var(xi_t)``, with ``Var(xi_t) = (g_t - g_{t-1})^2 / 2``.
+        """
+        total = (grad * free).sum(-1).detach().double()
+        if self.last is not None:
+            self.variance = (1.0 - CURVATURE * eta) ** 2 * self.variance + eta**2 * (total - self.last).pow(2) / 2
+        self.last = total
+        self.steps += 1
 
     def information_se(self, dim: int, free: Tensor) -> Tensor:
         """``[L]`` standard error of the mean information per word from the estimator's noise (nats).
 
         ``free``: bool ``[L, B, T]`` words that ended below the bound (the others carry exactly 0 nats).
+        NaN before two steps.
         """
-        n_layers = self.words.shape[0]
-        if len(self.sums) < 3:
-            return torch.full((n_layers,), float("nan"))
-        recent = torch.stack(self.sums[len(self.sums) // 2 - 1:])  # the second half, one step before it
-        grad_var = recent.diff(dim=0).pow(2).mean(0) / 2.0  # [L, B]
+        if self.steps < 2:
+            return torch.full((self.words.shape[0],), float("nan"))
         count = free.sum(dim=(1, 2)).clamp_min(1).double()
-        var = (self.gain * grad_var.double()).sum(-1)
-        return (dim * var.sqrt() / count).float().cpu()
+        return (dim * self.variance.sum(-1).sqrt() / count).float().cpu()
