@@ -53,7 +53,11 @@ class Finding:
                 f"Try: {self.suggestion}")
 
     def relative_measured(self) -> dict[str, float]:
-        """The measured numbers that do not depend on ``sigma_max`` (all but :data:`ABSOLUTE_KEYS`)."""
+        """The measured numbers that do not depend on ``sigma_max`` (all but :data:`ABSOLUTE_KEYS`).
+
+        >>> Finding("r", "info", "m", {"information": 80.0, "fall": 2.5}, "t", "s").relative_measured()
+        {'fall': 2.5}
+        """
         return {k: float(v) for k, v in self.measured.items() if k not in ABSOLUTE_KEYS}
 
     def to_dict(self) -> dict[str, Any]:
