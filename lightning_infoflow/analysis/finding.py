@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 Severity = Literal["warning", "info"]
 
-ABSOLUTE_KEYS = frozenset({"information", "best_information", "peak_information", "first_information",
-                           "last_information"})
+ABSOLUTE_KEYS = frozenset({"information", "best_information", "peak_information", "information_before",
+                           "information_after"})
 """Keys of ``Finding.measured`` that hold absolute information per word, ``K log(sigma_max / sigma)`` averaged:
 shown for orientation, they move with the arbitrary ``sigma_max``. Every other number of a finding, its
 message and whether it fires do not (while no word sits at the bound)."""
