@@ -12,28 +12,34 @@ A RUN_DIR is the log dir of a logger the callback wrote to (``TensorBoardLogger.
 writes into its own namespace, ``RUN_DIR/<name>/results`` (``infoflow`` by default): ``report`` writes
 one report per namespace. A run resumed into a new logger version is one run (same ``run_id``); when a
 step has several result files the newest wins (the latest logger version, then the newest file), see
-:mod:`lightning_infoflow.reporting.runs`. This module is the command surface only; the work is done in
+:mod:`lightning_infoflow.reporting.runs`. ``compare`` aligns layers across runs by their longest common
+dotted suffix (``model.bert.encoder.layer.3`` of a callback run and ``encoder.layer.3`` of an ``analyze``
+run are one layer), see :mod:`lightning_infoflow.reporting.alignment`. ``analyze`` runs as many
+optimisation steps as :class:`~lightning_infoflow.core.estimator.InfoFlowEstimator` does by default unless
+``--steps`` says otherwise. Progress bars go to stderr, only on a terminal, and not with ``--quiet``.
+This module is the command surface only; the work is done in
 :mod:`lightning_infoflow.reporting`.
 """
 
 from __future__ import annotations
 
-import glob
-import importlib
+import inspect
 import os
-import sys
 import time
-import uuid
 from typing import Any
 
 import click
 
 from lightning_infoflow.analysis import guidance
+from lightning_infoflow.core.estimator import InfoFlowEstimator
+from lightning_infoflow.reporting.alignment import RULE, align_layers
 from lightning_infoflow.reporting.console import (
     console,
+    print_definitions,
     print_findings,
     progress_bars,
     render,
+    step_bar,
 )
 from lightning_infoflow.reporting.findings import (
     compare_findings,
@@ -42,6 +48,13 @@ from lightning_infoflow.reporting.findings import (
 )
 from lightning_infoflow.reporting.html import write_comparison, write_run_report
 from lightning_infoflow.reporting.matching import match_probes
+from lightning_infoflow.reporting.offline import (
+    existing_run,
+    folder_run_id,
+    load_model,
+    tokenizer_from,
+    write_run,
+)
 from lightning_infoflow.reporting.runs import (
     DEFAULT_NAMESPACE,
     RESULTS,
@@ -55,11 +68,28 @@ from lightning_infoflow.reporting.runs import (
     parse_steps,
     source_names,
 )
-from lightning_infoflow.reporting.tables import Table, cell, compare_tables, layer_table
+from lightning_infoflow.reporting.tables import (
+    EFFECTIVE_WORDS,
+    INFORMATION,
+    Table,
+    cell,
+    compare_tables,
+    layer_table,
+)
 
 WHICH_FILE_WINS = ("A run resumed into a new logger version (same run_id) is reported as one run; when a step has "
                    "several result files, the newest wins: the latest logger version (version_N by N), then the "
                    "newest file.")
+ESTIMATOR_STEPS = inspect.signature(InfoFlowEstimator).parameters["steps"].default
+"""The estimator's own default number of optimisation steps (``analyze --steps`` when not given)."""
+
+
+def _quiet_option(command: Any) -> Any:
+    """``--progress/--no-progress`` and ``-q/--quiet`` (no progress bars, and only the paths written on stdout)."""
+    command = click.option("-q", "--quiet", is_flag=True, default=False,
+                           help="No progress bars; print only the paths written.")(command)
+    return click.option("--progress/--no-progress", default=True, show_default=True,
+                        help="Show progress bars (stderr, on a terminal only).")(command)
 
 
 def _stop_words(path: str | None) -> frozenset[str]:
@@ -92,9 +122,9 @@ def main() -> None:
               help="Stop-word list (words separated by white space) for the noisy-words rule.")
 @click.option("--min-words", type=click.FloatRange(min=0), default=guidance.TOO_LITTLE_ABSOLUTE, show_default=True,
               help="Flag the run when its last layer keeps fewer effective words than this.")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars (stderr).")
+@_quiet_option
 def report(run_dir: str, out: str | None, steps_spec: str, stop_words: str | None, min_words: float,
-           progress: bool) -> None:
+           progress: bool, quiet: bool) -> None:
     """One run's report: information per layer against step, heatmaps of every probe sentence, effective
     words and the findings. Writes a self-contained HTML file and PNGs, and prints a summary. A run with
     several namespaces (several callbacks) gets one report per namespace."""
@@ -105,9 +135,12 @@ def report(run_dir: str, out: str | None, steps_spec: str, stop_words: str | Non
     words = _stop_words(stop_words)
     for source in sources:
         folder = out if out is None or len(sources) == 1 else os.path.join(out, source.namespace)
-        with progress_bars(progress) as task:
+        with progress_bars(progress and not quiet) as task:
             run, path, findings = _report_one(source, folder, steps_spec, words, min_words, task)
-        _print_report(run, path, findings, namespaces=len(sources) > 1)
+        if quiet:
+            click.echo(path)
+        else:
+            _print_report(run, path, findings, namespaces=len(sources) > 1)
 
 
 def _report_one(source: RunSource, out: str | None, steps_spec: str, stop_words: frozenset[str],
@@ -140,7 +173,9 @@ def _print_report(run: Run, path: str, findings: list[guidance.Finding], namespa
     metrics = run.final_metrics()
     if metrics:
         out.print("Final validation: " + ", ".join(f"{k}={cell(v)}" for k, v in sorted(metrics.items())))
-    out.print(render(layer_table(run)))
+    table = layer_table(run)
+    out.print(render(table))
+    print_definitions(out, [table])
     print_findings(out, findings)
     out_dir = os.path.dirname(path)
     pngs = sum(name.endswith(".png") for name in os.listdir(out_dir))
@@ -150,22 +185,25 @@ def _print_report(run: Run, path: str, findings: list[guidance.Finding], namespa
 # --------------------------------------------------------------------------- compare
 
 
-@main.command(short_help="Runs of a sweep side by side, with guidance.", epilog=WHICH_FILE_WINS)
+@main.command(short_help="Runs of a sweep side by side, with guidance.", epilog=f"{RULE}\n\n{WHICH_FILE_WINS}")
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), default="infoflow-compare", show_default=True,
               help="Folder for compare.html and the PNGs.")
-@click.option("--metric", default=None, help="Validation scalar that ranks the runs [default: accuracy-like, else loss].")
+@click.option("--metric", default=None,
+              help="Validation scalar that ranks the runs [default: accuracy-like, else loss].")
 @click.option("--mode", type=click.Choice(["max", "min"]), default=None, help="Whether --metric is better high or low.")
-@click.option("--too-little-ratio", type=click.FloatRange(0, 1), default=guidance.TOO_LITTLE_RELATIVE, show_default=True,
+@click.option("--too-little-ratio", type=click.FloatRange(0, 1), default=guidance.TOO_LITTLE_RELATIVE,
+              show_default=True,
               help="Flag a run whose last layer keeps fewer effective words than this fraction of the best run's.")
 @click.option("--stop-words", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Stop-word list (words separated by white space) for the noisy-words rule.")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars (stderr).")
+@_quiet_option
 def compare(run_dirs: tuple[str, ...], out: str, metric: str | None, mode: str | None, too_little_ratio: float,
-            stop_words: str | None, progress: bool) -> None:
+            stop_words: str | None, progress: bool, quiet: bool) -> None:
     """Runs side by side: per-layer information, last-layer saliency on the same probe sentences,
     hyperparameters, final validation metrics, then guidance. A folder holding several runs adds them all;
-    each namespace of a run counts as a run."""
+    each namespace of a run counts as a run. Layers are aligned by their longest common dotted suffix (see
+    below)."""
     try:
         sources = list(dict.fromkeys(s for d in run_dirs for s in find_runs(d)))
     except RunError as err:
@@ -173,22 +211,30 @@ def compare(run_dirs: tuple[str, ...], out: str, metric: str | None, mode: str |
     if len(sources) < 2:
         raise click.UsageError(f"compare needs two runs or more; found one: {sources[0].label}. "
                                "Use `infoflow report` for one run.")
-    with progress_bars(progress) as task:
+    with progress_bars(progress and not quiet) as task:
         try:
             runs = [load_run(s, name, progress=task) for s, name in zip(sources, source_names(sources))]
-            matched = match_probes(runs)
+            aligned = align_layers(runs)
+            matched = match_probes(aligned.runs)
             scores, score_name = pick_score(matched.runs, metric, mode)
         except RunError as err:
             raise click.ClickException(str(err)) from None
         findings = compare_findings(matched.runs, scores, score_name or "score", _stop_words(stop_words),
                                     relative=too_little_ratio)
-        path = write_comparison(matched.runs, out, findings, matched.notes, progress=task)
+        notes = aligned.notes + matched.notes
+        path = write_comparison(matched.runs, out, findings, notes, progress=task)
+    if quiet:
+        click.echo(path)
+        return
     terminal = console()
-    terminal.print(f"[bold]infoflow compare[/bold]: {len(matched.runs)} runs, {matched.sentences} shared probe sentences")
-    for note in matched.notes:
+    terminal.print(f"[bold]infoflow compare[/bold]: {len(matched.runs)} runs, "
+                   f"{matched.sentences} shared probe sentences")
+    for note in notes:
         terminal.print(f"  [yellow]note[/yellow]: {note}")
-    for table in compare_tables(matched.runs):
+    tables = compare_tables(matched.runs)
+    for table in tables:
         terminal.print(render(table))
+    print_definitions(terminal, tables)
     if scores:
         terminal.print(f"Best run by {score_name}: {max(scores, key=lambda name: scores[name])}")
     print_findings(terminal, findings)
@@ -198,117 +244,9 @@ def compare(run_dirs: tuple[str, ...], out: str, metric: str | None, mode: str |
 # --------------------------------------------------------------------------- analyze
 
 
-def _import(spec: str, option: str) -> Any:
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise click.BadParameter(f"expected pkg.module:Name, got {spec!r}", param_hint=option)
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise click.BadParameter(f"cannot import {module_name!r} ({err})", param_hint=option) from None
-    try:
-        return getattr(module, attr)
-    except AttributeError:
-        raise click.BadParameter(f"module {module_name!r} has no {attr!r}", param_hint=option) from None
-
-
-def _tokenizer(spec: str) -> Any:
-    """A tokenizer folder as its path (:func:`~lightning_infoflow.core.probe.build_probe` loads it), or the
-    tokenizer a ``pkg.module:factory`` returns."""
-    if os.path.isdir(spec):
-        return spec
-    factory = _import(spec, "--tokenizer")
-    if not callable(factory):
-        raise click.BadParameter(f"{spec!r} is not callable", param_hint="--tokenizer")
-    return factory()
-
-
-def _load_lightning(spec: str, ckpt: str) -> tuple[Any, dict[str, Any], int | None]:
-    import torch
-
-    cls = _import(spec, "--module")
-    if not hasattr(cls, "load_from_checkpoint"):
-        raise click.BadParameter(f"{spec!r} is not a LightningModule class (no load_from_checkpoint)", param_hint="--module")
-    try:
-        module = cls.load_from_checkpoint(ckpt, map_location="cpu")
-    except Exception as err:  # noqa: BLE001 - any loading failure is the user's to fix
-        raise click.ClickException(f"cannot load {ckpt!r} with {spec}.load_from_checkpoint: {type(err).__name__}: {err}") from None
-    step = None
-    try:
-        step = int(torch.load(ckpt, map_location="cpu", weights_only=True).get("global_step"))
-    except Exception:  # noqa: BLE001 - the step is optional metadata
-        step = None
-    return module, dict(getattr(module, "hparams", {}) or {}), step
-
-
-def _load_hf(folder: str) -> tuple[Any, dict[str, Any]]:
-    try:
-        import transformers
-    except ImportError:
-        raise click.UsageError("--hf-model needs transformers: pip install 'lightning-infoflow[transformers]'") from None
-    try:
-        config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
-        archs = [a for a in (getattr(config, "architectures", None) or []) if hasattr(transformers, a)]
-        cls = getattr(transformers, archs[0]) if archs else transformers.AutoModel
-        model = cls.from_pretrained(folder, local_files_only=True)
-    except Exception as err:  # noqa: BLE001
-        raise click.ClickException(f"cannot load a Hugging Face model from {folder!r}: {type(err).__name__}: {err}") from None
-    return model, {"model": folder, "architecture": type(model).__name__}
-
-
-def _existing_run(out: str) -> list[str]:
-    """Files of a run already in ``out``: result files of any namespace, and ``hparams.yaml``."""
-    held = sorted(glob.glob(os.path.join(glob.escape(out), "*", RESULTS, "step_*.pt")))
-    return held + [p for p in [os.path.join(out, "hparams.yaml")] if os.path.isfile(p)]
-
-
-def _folder_run_id(results_dir: str) -> str:
-    """The run_id of the newest result file in the folder, or a new one."""
-    for path in sorted(glob.glob(os.path.join(glob.escape(results_dir), "step_*.pt")), reverse=True):
-        try:
-            meta = torch_load(path).get("meta", {})
-        except Exception:  # noqa: BLE001, S112 - an unreadable file has no run_id to keep
-            continue
-        if isinstance(meta, dict) and meta.get("run_id") is not None:
-            return str(meta["run_id"])
-    return uuid.uuid4().hex
-
-
-def torch_load(path: str) -> Any:
-    """``torch.load`` of plain data on the CPU (torch is imported when a command needs it)."""
-    import torch
-
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _load_model(module_spec: str | None, ckpt: str | None, hf_model: str | None, submodule: str | None,
-                layers: tuple[str, ...]) -> tuple[Any, Any, dict[str, Any], int | None, str]:
-    """``(module to analyse, layer spec, hyperparameters, checkpoint step, source path)`` from the options."""
-    if (module_spec is None) == (hf_model is None):
-        raise click.UsageError("pass either --module pkg.mod:Class with --ckpt, or --hf-model FOLDER")
-    if module_spec is not None and ckpt is None:
-        raise click.UsageError("--module needs --ckpt (the checkpoint to load)")
-    if hf_model is not None:
-        (model, hparams), step, source = _load_hf(hf_model), None, hf_model
-    else:
-        assert module_spec is not None and ckpt is not None
-        model, hparams, step = _load_lightning(module_spec, ckpt)
-        source = ckpt
-    target = model
-    if submodule is not None:
-        target = getattr(model, submodule, None)
-        if target is None:
-            raise click.BadParameter(f"the model has no attribute {submodule!r}", param_hint="--submodule")
-    layer_spec: Any = list(layers) if layers else getattr(model, "infoflow_layers", None) or "auto"
-    if submodule is not None and not layers:
-        layer_spec = "auto"
-    return target, layer_spec, hparams, step, source
-
-
 @main.command(short_help="Analyse a checkpoint or a Hugging Face model folder.")
-@click.option("--module", "module_spec", default=None, help="LightningModule class as pkg.module:ClassName (with --ckpt).")
+@click.option("--module", "module_spec", default=None,
+              help="LightningModule class as pkg.module:ClassName (with --ckpt).")
 @click.option("--ckpt", type=click.Path(exists=True, dir_okay=False), default=None, help="Lightning checkpoint file.")
 @click.option("--hf-model", type=click.Path(exists=True, file_okay=False), default=None,
               help="Hugging Face model folder (instead of --module/--ckpt).")
@@ -328,85 +266,72 @@ def _load_model(module_spec: str | None, ckpt: str | None, hf_model: str | None,
                                               "infoflow_layers attribute, else auto].")
 @click.option("--embedding", default="auto", show_default=True, help="Word-embedding module name.")
 @click.option("--submodule", default=None, help="Attribute of the LightningModule to analyse (e.g. model).")
-@click.option("--steps", type=click.IntRange(min=0), default=100, show_default=True, help="Optimisation steps of the estimator.")
-@click.option("--lam", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True, help="Lambda of Eq. 7.")
+@click.option("--steps", type=click.IntRange(min=0), default=None,
+              help="Optimisation steps of the estimator "
+                   f"[default: InfoFlowEstimator's own, steps={ESTIMATOR_STEPS!r}].")
+@click.option("--lam", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True,
+              help="Lambda of Eq. 7.")
 @click.option("--samples", type=click.IntRange(min=1), default=4, show_default=True, help="Noise draws per step.")
 @click.option("--num-sentences", type=click.IntRange(min=1), default=None, help="Use the first N probe sentences.")
 @click.option("--max-length", type=click.IntRange(min=1), default=None, help="Truncate sentences (HF tokenizers).")
 @click.option("--step", "step_override", type=int, default=None,
               help="Training step to file the analysis under [default: the checkpoint's global_step, else 0].")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar (stderr).")
+@_quiet_option
 def analyze(module_spec: str | None, ckpt: str | None, hf_model: str | None, probe: str,
             tokenizer: str | None, out: str, force: bool, namespace: str, layers: tuple[str, ...], embedding: str,
-            submodule: str | None, steps: int, lam: float, samples: int, num_sentences: int | None,
-            max_length: int | None, step_override: int | None, seed: int, progress: bool) -> None:
+            submodule: str | None, steps: int | None, lam: float, samples: int, num_sentences: int | None,
+            max_length: int | None, step_override: int | None, seed: int, progress: bool, quiet: bool) -> None:
     """Run the estimator on a saved model (a Lightning checkpoint or a Hugging Face folder) and a probe
     file, and write the same raw results as the callback, so `infoflow report OUT` works on it. Refuses an
     --out folder that already holds a run, unless --force."""
-    from lightning_infoflow.core.estimator import InfoFlowEstimator
     from lightning_infoflow.core.probe import build_probe, read_sentences
 
     if namespace in ("", ".", "..") or os.sep in namespace or "/" in namespace:
         raise click.BadParameter(f"{namespace!r} is not a folder name", param_hint="--name")
-    held = _existing_run(out)
+    held = existing_run(out)
     if held and not force:
         raise click.UsageError(f"--out {out!r} already holds a run ({len(held)} file(s), e.g. {held[0]}); writing "
                                "there would overwrite its result files and hparams.yaml. Pass a new --out folder, or "
                                "add --force to overwrite on purpose.")
-    target, layer_spec, hparams, step, source = _load_model(module_spec, ckpt, hf_model, submodule, layers)
+    target, layer_spec, hparams, step, source = load_model(module_spec, ckpt, hf_model, submodule, layers)
     tokenizer = tokenizer or hf_model
     if tokenizer is None:
         raise click.UsageError("--tokenizer is needed to turn the probe sentences into token ids")
     try:
-        built = build_probe(read_sentences(probe), _tokenizer(tokenizer), num_sentences=num_sentences,
+        built = build_probe(read_sentences(probe), tokenizer_from(tokenizer), num_sentences=num_sentences,
                             max_length=max_length)
-        estimator = InfoFlowEstimator(target, layer_spec, embedding, lam=lam, steps=steps, samples=samples, seed=seed)
+        chosen = {} if steps is None else {"steps": steps}  # None: the estimator's own default
+        estimator = InfoFlowEstimator(target, layer_spec, embedding, lam=lam, samples=samples, seed=seed, **chosen)
         names = estimator.check(built.batch)
     except ValueError as err:
         raise click.ClickException(str(err)) from None
     step = step_override if step_override is not None else (step or 0)
     started = time.perf_counter()
-    with progress_bars(progress) as task:
-        advance = task(f"estimating {len(names)} layers x {len(built)} sentences", max(steps, 1))
-        result = estimator.estimate(built.batch, tokens=built.tokens, on_step=lambda s, total: advance())
+    with step_bar(f"estimating {len(names)} layers x {len(built)} sentences", progress and not quiet) as on_step:
+        result = estimator.estimate(built.batch, tokens=built.tokens, on_step=on_step)
     seconds = time.perf_counter() - started
     results_dir = os.path.join(out, namespace, RESULTS)
-    result.meta.update(name=namespace, step=step, run_id=_folder_run_id(results_dir), seconds=seconds,
-                       source=os.path.abspath(source), lam=lam, steps=steps, samples=samples)
-    path = _write_run(result, results_dir, out, hparams)
+    result.meta.update(name=namespace, step=step, run_id=folder_run_id(results_dir), seconds=seconds,
+                       source=os.path.abspath(source), lam=lam, steps=estimator.steps, samples=samples)
+    path = write_run(result, results_dir, out, hparams)
+    if quiet:
+        click.echo(path)
+    else:
+        _print_analysis(result, path, out)
+
+
+def _print_analysis(result: Any, path: str, out: str) -> None:
+    """What ``analyze`` wrote: its numbers per layer, what they mean, and the command that reports it."""
     terminal = console()
-    terminal.print(f"[bold]infoflow analyze[/bold]: {len(built)} probe sentences, {len(names)} layers, "
-                   f"{seconds:.1f} s; step {step}")
+    terminal.print(f"[bold]infoflow analyze[/bold]: {result.sigma.shape[1]} probe sentences, {len(result.layer_names)} "
+                   f"layers, {result.meta['seconds']:.1f} s; step {result.meta['step']}")
     rows = [[n, float(i), float(e)] for n, i, e in
             zip(result.layer_names, result.layer_information.tolist(), result.effective_words.tolist())]
-    terminal.print(render(Table("Layers", ["layer", "information (nats/word)", "effective words"], rows)))
+    table = Table("Layers", ["layer", INFORMATION, EFFECTIVE_WORDS], rows)
+    terminal.print(render(table))
+    print_definitions(terminal, [table])
     terminal.print(f"Result: {path}\nNext:   infoflow report {out}")
-
-
-def _write_run(result: Any, results_dir: str, out: str, hparams: dict[str, Any]) -> str:
-    """Save the result as ``step_%08d.pt`` and the hyperparameters as ``hparams.yaml``; return the result's path."""
-    from lightning.pytorch.core.saving import save_hparams_to_yaml
-
-    os.makedirs(results_dir, exist_ok=True)
-    path = os.path.join(results_dir, f"step_{int(result.meta['step']):08d}.pt")
-    result.save(path)
-    save_hparams_to_yaml(os.path.join(out, "hparams.yaml"), _plain(hparams))
-    return path
-
-
-def _plain(hparams: dict[str, Any]) -> dict[str, Any]:
-    """Hyperparameters YAML can hold: primitives and containers of them; anything else as text."""
-    def plain(v: Any) -> Any:
-        if isinstance(v, (str, int, float, bool)) or v is None:
-            return v
-        if isinstance(v, dict):
-            return {str(k): plain(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [plain(x) for x in v]
-        return repr(v)
-
-    return {str(k): plain(v) for k, v in hparams.items()}
 
 
 if __name__ == "__main__":  # pragma: no cover

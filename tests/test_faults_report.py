@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
+from pathlib import Path
 
 import lightning.pytorch as L
 import pytest
@@ -87,12 +88,12 @@ def test_analyze_refuses_a_folder_that_holds_a_run_unless_forced(ckpt, tmp_path)
     old = save(str(out), 1, 3.0, run_id="kept-id")  # the step the checkpoint will be filed under
     other = save(str(out), 0, 2.0, run_id="kept-id")
     (out / "hparams.yaml").write_text("lr: 0.5\n")
-    before = open(old, "rb").read()
+    before = Path(old).read_bytes()
 
     res = analyze(ckpt, str(probe), str(out))
     assert res.exit_code == 2, res.output
     assert "already holds a run" in flat(res) and "--force" in flat(res) and "new --out folder" in flat(res)
-    assert open(old, "rb").read() == before and (out / "hparams.yaml").read_text() == "lr: 0.5\n"
+    assert Path(old).read_bytes() == before and (out / "hparams.yaml").read_text() == "lr: 0.5\n"
 
     res = analyze(ckpt, str(probe), str(out), "--force")
     assert res.exit_code == 0, res.output
@@ -158,7 +159,7 @@ def test_two_namespaces_are_found_and_reported_separately(tmp_path):
     assert "(namespace probe_b): 2 analyses at steps [0, 10]" in text
     for name in ("infoflow", "probe_b"):
         assert os.path.isfile(os.path.join(log, name, "report", "report.html"))
-    page_b = open(os.path.join(log, "probe_b", "report", "report.html")).read()
+    page_b = Path(log, "probe_b", "report", "report.html").read_text()
     assert "2 analyses at steps [0, 10]" in page_b and "[0, 5, 10]" not in page_b
 
     out = tmp_path / "reports"

@@ -371,20 +371,10 @@ def saliency(
     Example::
 
         >>> import torch
-        >>> from torch import nn
-        >>> class Net(nn.Module):
-        ...     def __init__(self):
-        ...         super().__init__()
-        ...         self.emb = nn.Embedding(20, 8)
-        ...         self.blocks = nn.ModuleList([nn.Sequential(nn.Linear(8, 8), nn.Tanh()) for _ in range(2)])
-        ...     def forward(self, ids):
-        ...         h = self.emb(ids)
-        ...         for block in self.blocks:
-        ...             h = block(h)
-        ...         return h
-        >>> out = saliency(Net(), torch.randint(0, 20, (3, 5)), layers="blocks.*", method="gradient")
+        >>> from lightning_infoflow.testing import GRUStack
+        >>> out = saliency(GRUStack(), torch.randint(1, 50, (3, 5)), layers="grus.*", method="gradient")
         >>> out.layer_names, tuple(out.values.shape)
-        (['blocks.0', 'blocks.1'], (2, 3, 5))
+        (['grus.0', 'grus.1'], (2, 3, 5))
     """
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")

@@ -12,6 +12,7 @@ never a truncated or empty one; the temporary file is removed on failure.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from typing import IO, Callable, Union
@@ -38,10 +39,8 @@ def atomic_write(path: PathLike, write: Callable[[IO[bytes]], object]) -> str:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
     return path
 

@@ -23,23 +23,49 @@ from lightning_infoflow.reporting.runs import Progress as ProgressFactory
 from lightning_infoflow.reporting.tables import (
     Table,
     cell,
+    definitions,
     phases_table,
     place,
     warnings,
 )
 
+UNWRAPPED = 10_000
+"""Console width when stdout is not a terminal: wide enough that no table row or finding wraps."""
+
 
 def console() -> Console:
-    """The console reports print to (stdout, no syntax highlighting, no soft wrapping)."""
-    return Console(highlight=False, soft_wrap=False)
+    """The console reports print to: stdout, no syntax highlighting. On a terminal, its width; piped or
+    captured, :data:`UNWRAPPED` columns, so every table row stays on one line (rich would assume 80)."""
+    terminal = Console(highlight=False, soft_wrap=False)
+    if terminal.is_terminal:
+        return terminal
+    return Console(highlight=False, soft_wrap=False, width=UNWRAPPED)
+
+
+def _bars(enabled: bool) -> Progress:
+    """Rich progress bars on stderr, shown only when ``enabled`` and stderr is a terminal."""
+    stderr = Console(stderr=True)
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=stderr, transient=True, disable=not (enabled and stderr.is_terminal))
+
+
+@contextmanager
+def step_bar(description: str, enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar for a loop that reports ``(done, total)``, such as ``InfoFlowEstimator.estimate``'s
+    ``on_step``; yields that callback. The total may change between calls (a loop that stops early)."""
+    with _bars(enabled) as bars:
+        task_id = bars.add_task(description, total=None)
+
+        def on_step(done: int, total: int) -> None:
+            bars.update(task_id, completed=done, total=total)
+
+        yield on_step
 
 
 @contextmanager
 def progress_bars(enabled: bool = True) -> Iterator[ProgressFactory]:
-    """A rich progress display on stderr; yields ``task(description, total) -> advance``."""
-    bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=Console(stderr=True), transient=True, disable=not enabled)
-    with bars:
+    """Rich progress bars on stderr (see :func:`_bars`); yields ``task(description, total) -> advance``."""
+    with _bars(enabled) as bars:
         def task(description: str, total: int) -> Callable[[], None]:
             task_id = bars.add_task(description, total=total)
 
@@ -87,3 +113,14 @@ def print_findings(out: Console, findings: Sequence[Finding]) -> None:
     phases = phases_table(findings)
     if phases is not None:
         out.print(render(phases))
+
+
+def print_definitions(out: Console, tables: Sequence[Table]) -> None:
+    """What each measure the tables show means (:data:`~lightning_infoflow.reporting.tables.MEASURES`)."""
+    shown = definitions(tables)
+    if shown:
+        out.print("[bold]Measures[/bold]")
+    width = max(40, out.width - 1)
+    for name, meaning in shown:
+        out.print(textwrap.fill(f"{name}: {meaning}", width, initial_indent="  ", subsequent_indent="    ",
+                                break_on_hyphens=False), markup=False)

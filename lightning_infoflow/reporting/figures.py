@@ -9,6 +9,7 @@ otherwise they make a figure of a size that suits the data. Two private helpers 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -44,10 +45,19 @@ def _heatmap(ax: Axes, values: Tensor, words: Sequence[str], rows: Sequence[str]
     fig.colorbar(im, ax=ax, fraction=0.04)
 
 
+def _from_zero(ax: Axes, values: Sequence[float]) -> None:
+    """Start the y axis at 0 when no value is negative: every measure drawn is a size (nats, words), and an
+    axis cut close to the data makes a change of 0.6% look like a fall to nothing."""
+    finite = [v for v in values if math.isfinite(v)]
+    if finite and min(finite) >= 0:
+        ax.set_ylim(bottom=0, top=max(max(finite) * 1.05, 1e-9))
+
+
 def _lines(ax: Axes, series: Series, ylabel: str, markersize: float = 3, title: str = "") -> None:
-    """One line with markers per series, a grid and a legend."""
+    """One line with markers per series, a grid and a legend; the y axis from 0 (:func:`_from_zero`)."""
     for name, (x, y) in series.items():
         ax.plot(list(x), [float(v) for v in y], marker="o", markersize=markersize, label=name)
+    _from_zero(ax, [float(v) for _x, y in series.values() for v in y])
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title, fontsize=9)
@@ -175,13 +185,16 @@ def layers_by_run(values: Mapping[str, Sequence[float]], layer_names: Sequence[s
 
 
 def layer_profile(result: InfoFlowResult, ax: Axes | None = None) -> Figure:
-    """Mean information per word against layer depth, with the effective number of words kept (right axis)."""
+    """Mean information per word against layer depth, with the effective number of words kept (right axis);
+    both axes from 0."""
     fig, ax = _axes(ax, (5.0, 3.2))
     x = list(range(len(result.layer_names)))
     ax.plot(x, result.layer_information.tolist(), marker="o", color="tab:blue")
+    _from_zero(ax, result.layer_information.tolist())
     ax.set_ylabel("information per word (nats)", color="tab:blue")
     ax.set_xticks(x, labels=result.layer_names, rotation=45, ha="right", fontsize=8)
     twin = ax.twinx()
     twin.plot(x, result.effective_words.tolist(), marker="s", color="tab:orange")
+    _from_zero(twin, result.effective_words.tolist())
     twin.set_ylabel("effective words", color="tab:orange")
     return fig

@@ -28,6 +28,7 @@ from lightning_infoflow.reporting.tables import (
     by_layer,
     cell,
     compare_tables,
+    definitions,
     layer_axis,
     layer_table,
     phases_table,
@@ -74,9 +75,14 @@ class HtmlPage:
     def table(self, table: Table) -> None:
         self.sections[-1].blocks.append(("table", table))
 
+    def definitions(self, tables: Sequence[Table]) -> None:
+        """A definition list of the measures the tables show."""
+        self.sections[-1].blocks.append(("definitions", definitions(tables)))
+
     def findings(self, findings: Sequence[Finding]) -> None:
         """The warnings as a list (numbers, threshold, suggestion), then the phases of every layer as a table."""
-        self.sections[-1].blocks.append(("findings", {"warnings": warnings(findings), "phases": phases_table(findings)}))
+        block = {"warnings": warnings(findings), "phases": phases_table(findings)}
+        self.sections[-1].blocks.append(("findings", block))
 
     def figure(self, fig: Figure, name: str, caption: str) -> None:
         buf = io.BytesIO()
@@ -118,15 +124,18 @@ def write_run_report(run: Run, out_dir: str, findings: Sequence[Finding], heatma
     page.text(f"Log dir: {', '.join(os.path.abspath(d) for d in dict.fromkeys(run.source.log_dirs))} · "
               f"{len(run.results)} analyses at steps {run.steps} · {last.sigma.shape[1]} probe sentences · "
               f"layers: {', '.join(last.layer_names)}")
-    for label, notes in (("Skipped files", run.skipped), ("Superseded by a newer file of the same step", run.superseded)):
+    superseded = "Superseded by a newer file of the same step"
+    for label, notes in (("Skipped files", run.skipped), (superseded, run.superseded)):
         if notes:
             page.text(f"{label}: " + "; ".join(notes))
     page.section("Findings")
     page.findings(findings)
-    for table in (layer_table(run), settings_table(run)):
-        if table is not None:
-            page.section(table.title)
-            page.table(table)
+    tables = [t for t in (layer_table(run), settings_table(run)) if t is not None]
+    for table in tables:
+        page.section(table.title)
+        page.table(table)
+    page.section("Measures")
+    page.definitions(tables)
     advance = progress("drawing figures", 3 + len(heatmap_steps) * last.sigma.shape[1])
     _run_curves(page, run, advance)
     page.section("Information per word, layers x words")
@@ -139,7 +148,9 @@ def write_run_report(run: Run, out_dir: str, findings: Sequence[Finding], heatma
 def _run_curves(page: HtmlPage, run: Run, advance: Callable[[], None]) -> None:
     page.section("Information against step")
     info = run.aligned_history()
-    if info is not None:
+    if len(run.results) < 2:
+        page.text(f"One analysis (step {run.steps[0]}): no curves against step, they need two analyses or more.")
+    elif info is not None:
         page.figure(figures.information_curves(run.steps, info, run.layer_names), "information_curves",
                     "mean information per word of every layer against step (Fig. 9)")
         advance()
@@ -174,9 +185,12 @@ def write_comparison(runs: Sequence[Run], out_dir: str, findings: Sequence[Findi
         page.text(note)
     page.section("Findings")
     page.findings(findings)
-    for table in compare_tables(runs):
+    tables = compare_tables(runs)
+    for table in tables:
         page.section(table.title)
         page.table(table)
+    page.section("Measures")
+    page.definitions(tables)
     layers, sentences = layer_axis(runs), runs[0].last.sigma.shape[1]
     advance = progress("drawing figures", 3 + sentences)
     for measure, name, ylabel, caption in (
@@ -187,9 +201,12 @@ def write_comparison(runs: Sequence[Run], out_dir: str, findings: Sequence[Findi
         page.figure(figures.layers_by_run(values, layers, ylabel=ylabel), name,
                     f"{caption} per layer, one line per run")
         advance()
-    page.figure(figures.curves_by_run({r.name: (r.steps, r.history()[:, -1].tolist()) for r in runs},
-                                      title="last layer"),
-                "last_layer_curves", "last layer's information against step, one line per run")
+    if any(len(r.results) > 1 for r in runs):
+        page.figure(figures.curves_by_run({r.name: (r.steps, r.history()[:, -1].tolist()) for r in runs},
+                                          title="last layer"),
+                    "last_layer_curves", "last layer's information against step, one line per run")
+    else:
+        page.text("One analysis per run: no curves against step, they need two analyses or more.")
     advance()
     page.section("Last layer: information per word of each probe sentence (Fig. 4)")
     for b in range(sentences):

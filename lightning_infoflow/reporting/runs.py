@@ -96,7 +96,8 @@ def _results_dirs(pattern: str) -> list[str]:
 
 
 def _step_files(results_dir: str) -> dict[int, str]:
-    return {int(m.group(1)): os.path.join(results_dir, f) for f in os.listdir(results_dir) if (m := _STEP_FILE.match(f))}
+    matches = (_STEP_FILE.match(f) for f in os.listdir(results_dir))
+    return {int(m.group(1)): os.path.join(results_dir, m.group(0)) for m in matches if m}
 
 
 def _run_id(results_dir: str) -> str | None:
@@ -181,7 +182,8 @@ def check_shapes(result: InfoFlowResult) -> None:
     """Raise ValueError naming the tensor whose shape disagrees with ``sigma`` ``[L, B, T]``."""
     sigma, layers = result.sigma, len(result.layer_names)
     if sigma.dim() != 3 or sigma.shape[0] != layers:
-        raise ValueError(f"sigma has shape {tuple(sigma.shape)}; expected [L, B, T] with L = len(layer_names) = {layers}")
+        raise ValueError(
+            f"sigma has shape {tuple(sigma.shape)}; expected [L, B, T] with L = len(layer_names) = {layers}")
     expected = {"mask": (tuple(result.mask.shape), tuple(sigma.shape[1:])),
                 "at_bound": (tuple(result.at_bound.shape) if result.at_bound is not None else tuple(sigma.shape),
                              tuple(sigma.shape)),
@@ -227,7 +229,8 @@ class Run:
         return [int(r.meta.get("step", i)) for i, r in enumerate(self.results)]
 
     def history(self, measure: str = "layer_information") -> Tensor:
-        """``[N, L]``: a per-layer measure (``layer_information``, ``effective_words``, ``mean_entropy``) per analysis."""
+        """``[N, L]``: a per-layer measure per analysis (``layer_information``, ``effective_words``,
+        ``mean_entropy``)."""
         return torch.stack([getattr(r, measure).float() for r in self.results])
 
     def aligned_history(self, measure: str = "layer_information") -> Tensor | None:

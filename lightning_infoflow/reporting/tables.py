@@ -14,6 +14,29 @@ from lightning_infoflow.analysis import guidance
 from lightning_infoflow.analysis.guidance import Finding
 from lightning_infoflow.reporting.runs import Run
 
+INFORMATION = "information (nats/word)"
+EFFECTIVE_WORDS = "effective words"
+MEASURES: dict[str, str] = {
+    INFORMATION: "how much of a word the layer keeps, K log(sigma_max / sigma) nats (Eq. 7: sigma is the noise "
+                 "the layer's state tolerates on the word's embedding, K the embedding size; 0 when the layer "
+                 "ignores the word), averaged over every word of the probe sentences",
+    "peak information": "the highest information (nats/word) of the layer over all analyses of the run",
+    "peak step": "the optimizer step of the analysis where the layer's information peaked",
+    EFFECTIVE_WORDS: "over how many words of a sentence the layer's information is spread, (sum I)^2 / sum I^2 "
+                     "over the sentence's words (the participation ratio), averaged over the probe sentences: "
+                     "the sentence length when every word counts the same, 1 when one word holds it all, 0 when "
+                     "the layer keeps nothing",
+    "mean entropy": "the uncertainty left about a word given the layer's state, H(X_i | s) in nats (Eq. 6), "
+                    "averaged over the words; the higher, the less the layer keeps",
+}
+"""What each measure a report shows means, by its column or axis name."""
+
+
+def definitions(tables: Sequence[Table]) -> list[tuple[str, str]]:
+    """``(measure, definition)`` for every measure of :data:`MEASURES` the tables show, once each."""
+    shown = dict.fromkeys(h for t in tables for h in t.header if h in MEASURES)
+    return [(name, MEASURES[name]) for name in shown]
+
 
 @dataclass(frozen=True)
 class Table:
@@ -37,8 +60,10 @@ def cell(value: Any) -> str:
 
 
 def place(finding: Finding) -> str:
-    """Where a finding applies: its run and layer, joined by a dot."""
-    return " · ".join(x for x in (finding.run, finding.layer) if x)
+    """Where a finding applies: its run and layer, joined by a dot; the layer only when the message does
+    not name it already (the place and the message are printed together, the layer once)."""
+    layer = finding.layer if finding.layer and finding.layer not in finding.message else None
+    return " · ".join(x for x in (finding.run, layer) if x)
 
 
 def warnings(findings: Sequence[Finding]) -> list[Finding]:
@@ -57,7 +82,7 @@ def layer_table(run: Run) -> Table:
             peak, peak_step = float(info[k, i]), run.steps[k]
         rows.append([name, float(last.layer_information[i]), peak, peak_step, float(last.effective_words[i]),
                      float(last.mean_entropy[i])])
-    header = ["layer", "information (nats/word)", "peak information", "peak step", "effective words", "mean entropy"]
+    header = ["layer", INFORMATION, "peak information", "peak step", EFFECTIVE_WORDS, "mean entropy"]
     return Table(f"Layers at step {run.steps[-1]} (the last analysis)", header, rows)
 
 
@@ -105,7 +130,7 @@ def compare_tables(runs: Sequence[Run]) -> list[Table]:
     keys = sorted(set().union(*(r.hparams for r in runs)))
     differing = [k for k in keys if len({repr(r.hparams.get(k)) for r in runs}) > 1]
     metric_names = sorted(set().union(*(r.final_metrics() for r in runs)))
-    header = ["run", *differing, *metric_names, "last layer", "info/word", "eff. words", "analyses"]
+    header = ["run", *differing, *metric_names, "last layer", INFORMATION, EFFECTIVE_WORDS, "analyses"]
     rows = []
     for r in runs:
         m = r.final_metrics()
