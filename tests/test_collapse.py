@@ -108,4 +108,4 @@ def test_sentence_normalisation_divides_by_the_spread_of_sentence_averages() -> 
     assert sentences.meta["normalisation"] == "sentences" and tokens.meta["normalisation"] == "tokens"
     assert (sentences.layer_log_sigma < tokens.layer_log_sigma).all()
     with pytest.raises(ValueError, match="`normalisation` must be 'tokens'.*or 'sentences'"):
-        InfoFlowEstimator(model, layers="norm", normalisation="sentence")  # type: ignore[arg-type]
+        InfoFlowEstimator(model, layers="norm", normalisation="sentence")

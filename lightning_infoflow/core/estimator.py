@@ -50,7 +50,6 @@ from lightning_infoflow.core import guard, inputs
 from lightning_infoflow.core.chunks import ChunkScorer, chunk_size
 from lightning_infoflow.core.result import InfoFlowResult
 from lightning_infoflow.core.runner import (
-    Normalisation,
     Position,
     PreparedProbe,
     ProbeRunner,
@@ -159,14 +158,14 @@ class InfoFlowEstimator:
         tol: float = 1e-3,
         check_every: int = 25,
         seed: int = 0,
-        normalisation: Normalisation = "tokens",
+        normalisation: str = "tokens",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"`model` must be an nn.Module, got {type(model).__name__}")
         check_settings(lam, steps, samples, sigma_max, lr, warm_lr, chunk_size, memory_budget, tol, check_every)
         check_position(position)
         check_normalisation(normalisation)
-        self.normalisation: Normalisation = normalisation
+        self.normalisation = normalisation
         self.model = model
         self.lam = float(lam)
         self.steps = steps

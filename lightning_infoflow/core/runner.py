@@ -27,7 +27,7 @@ Position = Union[Literal["all", "each"], int, Sequence[int]]
 
 Hook = Callable[[nn.Module, Any, Any], Any]
 
-Normalisation = Literal["tokens", "sentences"]
+NORMALISATIONS = ("tokens", "sentences")
 """How each hidden unit is scaled before the reconstruction error: by its spread over every real token of
 the probe (``"tokens"``, :func:`hidden.unit_inv_std`) or over the probe's sentence-averaged states
 (``"sentences"``, the paper's authors, :func:`hidden.sentence_inv_std`)."""
@@ -36,7 +36,7 @@ _INV_STD = {"tokens": hidden.unit_inv_std, "sentences": hidden.sentence_inv_std}
 
 
 def check_normalisation(normalisation: Any) -> None:
-    """Raise a ValueError unless ``normalisation`` is a :data:`Normalisation`."""
+    """Raise a ValueError unless ``normalisation`` is one of :data:`NORMALISATIONS`."""
     if normalisation not in _INV_STD:
         raise ValueError(f"`normalisation` must be 'tokens' (per-token spread, the default) or 'sentences' "
                          f"(the spread of sentence-averaged states, the paper's authors), got {normalisation!r}")
@@ -171,13 +171,13 @@ class ProbeRunner:
     def prepare(self, batch: inputs.Batch, mask: Tensor, position: Position, *,
                 noise_scale: Optional[float] = None, reference: Optional[inputs.Batch] = None,
                 reference_mask: Optional[Tensor] = None, seed: int = 0,
-                normalisation: Normalisation = "tokens") -> PreparedProbe:
+                normalisation: str = "tokens") -> PreparedProbe:
         """Check the batch against the model and collect what every analysis needs (see :class:`PreparedProbe`).
 
         Two forwards: the clean batch (``B`` sentences), then the batch twice with the second copy's
         embeddings perturbed by noise of scale ``noise_scale`` (default: 10 x the std of the clean
         embeddings). They locate each layer's batch and time axes and show that it depends on its input.
-        ``normalisation`` chooses the per-unit spread that ``inv_std`` holds (see :data:`Normalisation`).
+        ``normalisation`` chooses the per-unit spread that ``inv_std`` holds (see :data:`NORMALISATIONS`).
 
         Raises:
             ValueError: the embedding or a layer not called exactly once, an embedding output that is not
