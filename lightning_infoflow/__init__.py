@@ -22,7 +22,7 @@ _EXPORTS = {
     "Probe": "lightning_infoflow.core.probe",
     "build_probe": "lightning_infoflow.core.probe",
     "Finding": "lightning_infoflow.analysis.guidance",
-    "collapse_finding": "lightning_infoflow.analysis.dynamics",
+    "collapse_finding": "lightning_infoflow.analysis.guidance",
     "SaliencyResult": "lightning_infoflow.analysis.saliency",
     "saliency": "lightning_infoflow.analysis.saliency",
     "WordAttributes": "lightning_infoflow.analysis.attributes",
@@ -60,8 +60,7 @@ __all__ = [
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from lightning_infoflow.analysis.attributes import WordAttributes, attribute_figure, load_concepts, word_attributes
-    from lightning_infoflow.analysis.dynamics import collapse_finding
-    from lightning_infoflow.analysis.guidance import Finding
+    from lightning_infoflow.analysis.guidance import Finding, collapse_finding
     from lightning_infoflow.analysis.saliency import SaliencyResult, saliency
     from lightning_infoflow.core.estimator import InfoFlowEstimator
     from lightning_infoflow.core.probe import Probe, build_probe

@@ -11,12 +11,14 @@ import pytest
 import torch
 
 from lightning_infoflow import InfoFlowResult
-from lightning_infoflow.analysis import dynamics, evidence, finding, guidance, stopwords
-from lightning_infoflow.analysis.dynamics import collapse_finding, collapse_findings, information_phases
+from lightning_infoflow.analysis import evidence, finding, guidance, stopwords, sweep
 from lightning_infoflow.analysis.evidence import curve_phases
 from lightning_infoflow.analysis.guidance import (
     Finding,
+    collapse_finding,
+    collapse_findings,
     collapsed_layers,
+    information_phases,
     noisy_word_use,
     stop_word_gap,
     too_little_information,
@@ -121,8 +123,8 @@ def test_collapsed_runs_neither_compete_nor_are_judged():
 
 
 def test_is_regularisation():
-    assert guidance.is_regularisation("weight_decay") and guidance.is_regularisation("model_kwargs.dropout")
-    assert not guidance.is_regularisation("lr") and not guidance.is_regularisation("hidden")
+    assert sweep.is_regularisation("weight_decay") and sweep.is_regularisation("model_kwargs.dropout")
+    assert not sweep.is_regularisation("lr") and not sweep.is_regularisation("hidden")
 
 
 # --------------------------------------------------------------------------- collapse
@@ -153,6 +155,7 @@ def test_collapse_needs_a_flat_loss_a_steep_fall_and_evidence():
     assert collapse_finding(steps, info, [0.7, 0.7], embedding_dim=4, se=[[3.0], [3.0]]) is None
     assert collapse_finding(steps, info, [0.7, 0.7], embedding_dim=4, se=[[1.0], [1.0]]) is not None
     assert collapse_finding([5], [[1.0]], [0.1], embedding_dim=4) is None
+    assert collapse_finding(steps, info, [0.70, 0.69]) is None  # K unknown: the fall cannot be judged
 
 
 def test_collapse_accepts_tensors_and_checks_shapes():
@@ -254,8 +257,8 @@ def test_phases_need_evidence_not_a_fixed_share():
     assert [p.kind for p in curve_phases(flat)] == ["expansion"]
 
 
-@pytest.mark.parametrize("module", [guidance, dynamics, evidence, finding, stopwords, runs, logs, tables, figures],
-                         ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [guidance, evidence, finding, stopwords, sweep, runs, logs, tables,
+                                    figures], ids=lambda m: m.__name__)
 def test_docstring_examples_run(module: ModuleType) -> None:
     failed, attempted = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert attempted > 0, f"{module.__name__} has no docstring example"

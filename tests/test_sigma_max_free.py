@@ -8,9 +8,14 @@ from typing import Any
 import torch
 
 from lightning_infoflow import InfoFlowEstimator, InfoFlowResult
-from lightning_infoflow.analysis.dynamics import collapse_findings, information_phases
 from lightning_infoflow.analysis.finding import Finding
-from lightning_infoflow.analysis.guidance import collapsed_layers, noisy_word_use, too_little_information
+from lightning_infoflow.analysis.guidance import (
+    collapse_findings,
+    collapsed_layers,
+    information_phases,
+    noisy_word_use,
+    too_little_information,
+)
 from lightning_infoflow.testing import GRUStack, random_ids
 
 TOKENS = [["the", "film", "is", "a", "charming", "journey"], ["it", "was", "dull", "and", "slow", "too"],

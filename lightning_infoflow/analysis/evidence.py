@@ -25,6 +25,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from lightning_infoflow.analysis.finding import Finding
+
 PHASE_ALPHA = 0.05
 """Chance that a curve of pure noise (of known standard error) is reported with a phase."""
 
@@ -106,3 +108,34 @@ def curve_phases(curve: Sequence[float] | Tensor, se: Sequence[float] | Tensor |
         if abs(change) > z * err:
             phases.append(Phase("expansion" if change > 0 else "compression", a, b, change, err))
     return phases
+
+
+_VERBS = {"expansion": ("expands", "then expands"), "compression": ("compresses", "then compresses")}
+
+
+def phase_finding(name: str, steps: list[int], col: Tensor, phases: list[Phase], run: str | None) -> Finding:
+    """The ``information_phases`` finding of one layer's curve ``col`` at ``steps`` with its ``phases``."""
+    k = int(col.argmax())
+    parts = [f"{_VERBS[p.kind][j > 0]} from step {steps[p.start]} to {steps[p.end]} ({p.change:+.2f}"
+             f"{' nats per word' if j == 0 else ''})" for j, p in enumerate(phases)]
+    message = f"{name} " + ", ".join(parts) + "." if phases else (
+        f"{name} is stable: no change between its first, highest, lowest and last analyses exceeds its uncertainty.")
+    tip = ("the two phases of Fig. 9; if the validation score stopped improving during compression, the checkpoint "
+           "before it is a candidate" if [p.kind for p in phases] == ["expansion", "compression"] else
+           "no compression yet: train longer before judging how much the layer keeps"
+           if phases and phases[-1].kind == "expansion" else "nothing to change on this account" if not phases else
+           "compression without a later expansion: if the loss is flat too, try a larger learning rate or less "
+           "regularisation")
+    return Finding(
+        rule="information_phases", severity="info", run=run, layer=name, step=steps[k], message=message,
+        measured={"peak_step": float(steps[k]), "peak_information": float(col[k]),
+                  "rise": sum(p.change for p in phases if p.change > 0),
+                  "fall": -sum(p.change for p in phases if p.change < 0),
+                  "phases": float(len(phases)), "max_z": max((p.z for p in phases), default=0.0)},
+        threshold="a change between the first, highest, lowest and last analyses larger than z combined standard "
+                  "errors (z for a 5% false-alarm rate over the curve)",
+        suggestion=tip,
+        extra={"label": ", ".join(p.kind for p in phases) or "stable",
+               "phases": [{"kind": p.kind, "start_step": steps[p.start], "end_step": steps[p.end],
+                           "change": p.change, "se": p.se} for p in phases]},
+    )

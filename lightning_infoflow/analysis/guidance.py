@@ -25,14 +25,23 @@ The rules and their default thresholds (module constants, each overridable per c
     collapsed neither compete nor are judged): flagged below ``TOO_LITTLE_RELATIVE`` (0.5) times the best
     run's effective words. A single run is flagged below ``TOO_LITTLE_ABSOLUTE`` (1.5) effective words.
     Suggestion: lower the regularisation in which the run differs from the best run, naming both values.
+``information_collapse`` (usable live: :func:`collapse_finding`)
+    Between two consecutive analyses a layer's noise scales grow at least ``COLLAPSE_SIGMA_RATIO`` (2)
+    fold in geometric mean (its information falls by at least ``K log 2`` nats per word), by more than
+    ``COLLAPSE_Z`` (1.96) combined standard errors where they are known, while the training loss improves
+    by less than ``COLLAPSE_MIN_IMPROVEMENT`` (2 %, relative). Suggestion: lower the learning rate or the
+    regularisation, or resume from an earlier checkpoint.
 ``noisy_word_use`` (Sec. 4.4, Figs. 5-6)
     The last layer does not tell stop words from content words: the mean ``log sigma`` of stop-word tokens
     exceeds that of content-word tokens by less than ``NOISY_MIN_GAP`` (0.1 nats, stop words tolerating
     less than about 1.1 x the noise of content words), over the probe (at least ``NOISY_MIN_COUNT`` (3)
     tokens of each kind). ``K`` times the gap is the content words' surplus of information in nats per
     word. Suggestion: more regularisation or data.
-The rules over a run's history (information collapse between analyses, expansion and compression
-phases) are in :mod:`~lightning_infoflow.analysis.dynamics`.
+``information_phases`` (Sec. 4.5, Fig. 9)
+    Per layer, the changes of its information that exceed their uncertainty
+    (:mod:`~lightning_infoflow.analysis.evidence`): between the first, highest, lowest and last analyses,
+    a rise (expansion) or fall (compression) larger than ``z`` combined standard errors, ``z`` set for a
+    5% false-alarm rate over the curve. A layer without one is stable. Informational; needs 3 analyses.
 
 Example::
 
@@ -47,24 +56,32 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Union
 
 import torch
 from torch import Tensor
 
+from lightning_infoflow.analysis.evidence import curve_phases, phase_finding
 from lightning_infoflow.analysis.finding import Finding
 from lightning_infoflow.analysis.stopwords import STOP_WORDS, word_kinds
+from lightning_infoflow.analysis.sweep import LastLayers, below_absolute, below_best, last_value
 from lightning_infoflow.core.measures import COLLAPSED_SPREAD
 from lightning_infoflow.core.result import InfoFlowResult
 
 TOO_LITTLE_RELATIVE = 0.5
 TOO_LITTLE_ABSOLUTE = 1.5
+COLLAPSE_SIGMA_RATIO = 2.0
+COLLAPSE_Z = 1.96
+COLLAPSE_MIN_IMPROVEMENT = 0.02
 NOISY_MIN_GAP = 0.1
 NOISY_MIN_COUNT = 3
 
-#: Hyperparameter names (matched as substrings, case-insensitive) that count as regularisation.
-REGULARISATION_KEYS = ("weight_decay", "l2", "alpha", "dropout", "reg", "penalty", "decay", "smoothing", "wd")
+History = Union[Tensor, Sequence[Sequence[float]]]
+
+
+def _name(names: Sequence[str] | None, i: int) -> str:
+    return names[i] if names is not None else f"layer {i}"
+
 
 
 # --------------------------------------------------------------------------- collapsed layers
@@ -133,11 +150,11 @@ def too_little_information(
     if not results:
         return []
     judged = {name: r for name, r in results.items() if not _last_collapsed(r)}
-    words = {name: _last_layer(r.effective_words) for name, r in judged.items()}
+    words = {name: last_value(r.effective_words) for name, r in judged.items()}
     valid = {n: w for n, w in words.items() if math.isfinite(w)}
-    last = _LastLayers(valid, {name: r for name, r in judged.items()}, hparams or {})
+    last = LastLayers(valid, {name: r for name, r in judged.items()}, hparams or {})
     if len(results) == 1 or len(valid) < 2:
-        return [_below_absolute(last, name, absolute, named=len(results) > 1) for name, w in valid.items()
+        return [below_absolute(last, name, absolute, named=len(results) > 1) for name, w in valid.items()
                 if w < absolute]
     if scores is not None and all(n in scores and math.isfinite(scores[n]) for n in valid):
         best = max(valid, key=lambda n: scores[n])
@@ -145,98 +162,128 @@ def too_little_information(
     else:
         best = max(valid, key=lambda n: valid[n])
         why = "most effective words"
-    return [_below_best(last, name, best, why, relative, scores) for name, w in valid.items()
+    return [below_best(last, name, best, why, relative, scores) for name, w in valid.items()
             if name != best and w < relative * valid[best]]
 
 
-@dataclass(frozen=True)
-class _LastLayers:
-    """The judged runs: their last layer's effective words (finite ones), results and hparams."""
-
-    words: Mapping[str, float]
-    results: Mapping[str, InfoFlowResult]
-    hparams: Mapping[str, Mapping[str, Any]]
-
-    def layer(self, name: str) -> str:
-        return self.results[name].layer_names[-1]
-
-    def numbers(self, name: str, prefix: str = "") -> dict[str, float]:
-        r = self.results[name]
-        return {f"{prefix}effective_words": self.words[name], f"{prefix}information": _last_layer(r.layer_information),
-                f"{prefix}log_sigma": _last_layer(r.layer_log_sigma)}
+# --------------------------------------------------------------------------- information collapse
 
 
-def _below_absolute(last: _LastLayers, name: str, absolute: float, named: bool) -> Finding:
-    w, layer = last.words[name], last.layer(name)
-    return Finding(
-        rule="too_little_information", severity="warning", run=name if named else None, layer=layer,
-        message=f"the last layer ({layer}) focuses on {w:.2f} effective words per sentence.",
-        measured=last.numbers(name),
-        threshold=f"fewer than {absolute:g} effective words in the last layer",
-        suggestion=_lower_regularisation(last.hparams.get(name, {}), None, {}),
-    )
+def collapse_finding(
+    steps: Sequence[int],
+    information: History,
+    loss: Sequence[float],
+    layer_names: Sequence[str] | None = None,
+    *,
+    embedding_dim: int | None = None,
+    se: History | None = None,
+    sigma_ratio: float = COLLAPSE_SIGMA_RATIO,
+    z: float = COLLAPSE_Z,
+    min_improvement: float = COLLAPSE_MIN_IMPROVEMENT,
+    run: str | None = None,
+) -> Finding | None:
+    """Information collapse in the last interval of a history: the check a live callback calls.
 
+    Looks only at the two most recent analyses, so that calling it after every analysis reports each
+    collapse once.
 
-def _below_best(last: _LastLayers, name: str, best: str, why: str, relative: float,
-                scores: Mapping[str, float] | None) -> Finding:
-    w, top, layer = last.words[name], last.words[best], last.layer(name)
-    measured = {**last.numbers(name), **last.numbers(best, "best_"), "ratio": w / top if top > 0 else 0.0}
-    if scores is not None and name in scores and best in scores:
-        measured.update(score=float(scores[name]), best_score=float(scores[best]))
-    return Finding(
-        rule="too_little_information", severity="warning", run=name, layer=layer,
-        message=f"the last layer ({layer}) focuses on {w:.2f} effective words per sentence against {top:.2f} in "
-                f"run {best} ({why}).",
-        measured=measured,
-        threshold=f"fewer than {relative:g} x the best run's effective words ({relative * top:.2f})",
-        suggestion=_lower_regularisation(last.hparams.get(name, {}), best, last.hparams.get(best, {})),
-        extra={"best_run": best},
-    )
+    Args:
+        steps: optimizer steps of the analyses, ascending, ``[N]``.
+        information: mean information per word of each layer at each analysis, ``[N, L]`` nats
+            (``InfoFlowResult.layer_information`` stacked); only differences are used.
+        loss: the training loss at each analysis, ``[N]`` (best smoothed, e.g. the mean over the last
+            logged steps); NaN where unknown, and no finding is made for an interval with a NaN loss.
+        layer_names: ``L`` names for the message (default ``layer 0``, ``layer 1``, ...).
+        embedding_dim: K (``InfoFlowResult.embedding_dim``), to turn a fall of information into a growth of the
+            noise scales; None: the fall cannot be judged and no finding is made.
+        se: ``[N, L]`` standard errors of ``information`` (``InfoFlowResult.noise_se`` stacked: the probe
+            is the same at every analysis); NaN or None where unknown (then the fall alone decides).
+        sigma_ratio: the geometric-mean growth of the layer's sigma that counts as a collapse.
+        z: combined standard errors the fall must exceed.
+        min_improvement: the relative loss improvement below which the loss "does not improve".
+        run: the run's name, for the finding.
 
-
-def is_regularisation(name: str) -> bool:
-    """Whether a hyperparameter name looks like a regularisation weight (see :data:`REGULARISATION_KEYS`).
-
-    >>> is_regularisation("optimizer.weight_decay"), is_regularisation("model_kwargs.dropout"), is_regularisation("lr")
-    (True, True, False)
+    Returns:
+        A warning for the layer with the steepest fall (the other collapsed layers in ``measured``), or
+        ``None``.
     """
-    leaf = name.lower().rsplit(".", 1)[-1]
-    return any(key in leaf for key in REGULARISATION_KEYS)
-
-
-def _lower_regularisation(mine: Mapping[str, Any], best: str | None, theirs: Mapping[str, Any]) -> str:
-    differing = [k for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k)] if best else []
-    regs = [k for k in differing if is_regularisation(k) and _number(mine.get(k)) is not None]
-    higher = [k for k in regs if _number(theirs.get(k)) is None or _number(mine.get(k)) > _number(theirs.get(k))]  # type: ignore[operator]
-    if higher:
-        parts = [f"{k} (now {mine.get(k)!r}; run {best} uses {theirs.get(k)!r})" for k in higher]
-        return "lower " + " and ".join(parts) + ", the regularisation in which this run differs from the best run"
-    if differing:
-        shown = ", ".join(f"{k}={mine.get(k)!r} (run {best}: {theirs.get(k)!r})" for k in differing[:4])
-        return (f"this run differs from run {best} in {shown}; move them towards the best run, and lower the "
-                "regularisation (weight decay, dropout) if these are not it")
-    own = [(k, v) for k, v in sorted(mine.items()) if is_regularisation(k) and _number(v) is not None]
-    active = [f"{k}={v!r}" for k, v in own if _number(v)]
-    if active:
-        return f"lower the regularisation ({', '.join(active)}): weight decay / L2 penalty first, then dropout"
-    if own:
-        zeros = ", ".join(f"{k}={v!r}" for k, v in own)
-        return (f"this run has no regularisation to lower ({zeros}); the layer keeps few words for another reason: "
-                "train longer, or give the model more capacity")
-    return "lower the regularisation (weight decay / L2 penalty first, then dropout)"
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool):
+    info = torch.as_tensor(information, dtype=torch.float64)
+    if info.dim() != 2 or info.shape[0] != len(steps) or len(loss) != len(steps):
+        raise ValueError(
+            f"collapse_finding: expected information [N, L] and loss [N] for N={len(steps)} steps, got "
+            f"information {tuple(info.shape)} and {len(loss)} losses"
+        )
+    if len(steps) < 2 or embedding_dim is None:
         return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
+    errors = torch.full_like(info, math.nan) if se is None else torch.as_tensor(se, dtype=torch.float64)
+    k = len(steps) - 1
+    loss_before, loss_after = float(loss[k - 1]), float(loss[k])
+    if not (math.isfinite(loss_before) and math.isfinite(loss_after)):
         return None
+    improvement = (loss_before - loss_after) / max(abs(loss_before), 1e-12)
+    if improvement >= min_improvement:
+        return None
+    falls = (info[k - 1] - info[k]).nan_to_num(nan=-math.inf)
+    combined = (errors[k - 1] ** 2 + errors[k] ** 2).sqrt().nan_to_num(nan=0.0)
+    collapsed = [i for i in range(len(falls)) if falls[i] >= embedding_dim * math.log(sigma_ratio)
+                 and falls[i] > z * combined[i]]
+    if not collapsed:
+        return None
+    worst = max(collapsed, key=lambda i: float(falls[i]))
+    return _collapse(list(steps), info, (loss_before, loss_after, improvement), layer_names, worst, collapsed,
+                     (float(falls[worst]), float(combined[worst]), embedding_dim, sigma_ratio, min_improvement), run)
 
 
-def _last_layer(values: Tensor) -> float:
-    return float(values[-1]) if values.numel() else float("nan")
+def _collapse(steps: list[int], info: Tensor, losses: tuple[float, float, float], names: Sequence[str] | None,
+              worst: int, collapsed: list[int], numbers: tuple[float, float, int, float, float],
+              run: str | None) -> Finding:
+    """The finding of :func:`collapse_finding` (``numbers``: fall, its SE, K, the sigma ratio, the improvement bar)."""
+    fall, err, dim, ratio_bar, min_improvement = numbers
+    loss_before, loss_after, improvement = losses
+    name = _name(names, worst)
+    growth = math.exp(fall / dim)
+    others = [_name(names, i) for i in collapsed if i != worst]
+    also = f" (also {', '.join(others)})" if others else ""
+    return Finding(
+        rule="information_collapse", severity="warning", run=run, layer=name, step=steps[-1],
+        message=f"between steps {steps[-2]} and {steps[-1]} the noise {name} tolerates grew {growth:.2f}x (its "
+                f"information fell by {fall:.2f} nats per word){also} while the training loss went "
+                f"{loss_before:.4g} -> {loss_after:.4g} ({100 * improvement:+.1f}% improvement).",
+        measured={"fall": fall, "fall_se": err, "sigma_ratio": growth, "information_before": float(info[-2, worst]),
+                  "information_after": float(info[-1, worst]), "loss_before": loss_before, "loss_after": loss_after,
+                  "loss_improvement": improvement, "layers_collapsed": float(len(collapsed))},
+        threshold=f"the layer's sigma grows at least {ratio_bar:g}x in geometric mean (a fall of K log {ratio_bar:g} "
+                  f"nats per word, beyond its uncertainty) between analyses while the loss improves by less than "
+                  f"{100 * min_improvement:g}%",
+        suggestion="the layer discards input it has not learned to do without: lower the learning rate or the "
+                   f"regularisation, or resume from the checkpoint of step {steps[-2]}",
+    )
+
+
+def collapse_findings(
+    steps: Sequence[int],
+    information: History,
+    loss: Sequence[float],
+    layer_names: Sequence[str] | None = None,
+    *,
+    embedding_dim: int | None = None,
+    se: History | None = None,
+    sigma_ratio: float = COLLAPSE_SIGMA_RATIO,
+    z: float = COLLAPSE_Z,
+    min_improvement: float = COLLAPSE_MIN_IMPROVEMENT,
+    run: str | None = None,
+) -> list[Finding]:
+    """Every information collapse of a whole history (offline): :func:`collapse_finding` on each interval."""
+    info = torch.as_tensor(information, dtype=torch.float64)
+    errors = None if se is None else torch.as_tensor(se, dtype=torch.float64)
+    out = []
+    for k in range(1, len(steps)):
+        f = collapse_finding(steps[: k + 1], info[: k + 1], loss[: k + 1], layer_names, embedding_dim=embedding_dim,
+                             se=None if errors is None else errors[: k + 1], sigma_ratio=sigma_ratio, z=z,
+                             min_improvement=min_improvement, run=run)
+        if f is not None:
+            out.append(f)
+    return out
 
 
 # --------------------------------------------------------------------------- noisy use of words
@@ -306,3 +353,52 @@ def noisy_word_use(
                        "raise the regularisation (weight decay, dropout) a little",
         ))
     return findings
+
+
+# --------------------------------------------------------------------------- expansion and compression
+
+
+def information_phases(
+    steps: Sequence[int],
+    information: History,
+    layer_names: Sequence[str] | None = None,
+    *,
+    se: History | None = None,
+    z: float | None = None,
+    run: str | None = None,
+) -> list[Finding]:
+    """Per layer, the expansion and compression phases its information goes through (one finding per layer).
+
+    Args:
+        steps: optimizer steps of the analyses, ascending, ``[N]`` (at least 3).
+        information: ``[N, L]`` mean information per word (nats); only its changes are read.
+        layer_names: ``L`` names.
+        se: ``[N, L]`` standard errors of ``information`` (``InfoFlowResult.noise_se`` stacked, for one
+            fixed probe); NaN or None: estimated from each curve (:func:`.evidence.curve_noise`).
+        z: standard errors a change must exceed; default set by the number of analyses
+            (:func:`~lightning_infoflow.analysis.evidence.phase_z`).
+        run: the run's name, for the findings.
+
+    Each finding's ``extra["phases"]`` lists the phases as dicts (kind, start and end steps, change in
+    nats per word, its SE) and ``extra["label"]`` reads ``"compression, expansion"``, ``"stable"``, ...
+
+    Example::
+
+        >>> found = information_phases([0, 100, 200], [[260.8], [233.0], [252.7]], ["l2"], se=[[0.5]] * 3)
+        >>> found[0].extra["label"]
+        'compression, expansion'
+        >>> found[0].message
+        'l2 compresses from step 0 to 100 (-27.80 nats per word), then expands from step 100 to 200 (+19.70).'
+    """
+    info = torch.as_tensor(information, dtype=torch.float64)
+    if len(steps) < 3 or info.dim() != 2 or info.shape[0] != len(steps):
+        return []
+    errors = None if se is None else torch.as_tensor(se, dtype=torch.float64)
+    out = []
+    for i in range(info.shape[1]):
+        col = info[:, i]
+        if not bool(torch.isfinite(col).all()):
+            continue
+        phases = curve_phases(col, None if errors is None else errors[:, i], z)
+        out.append(phase_finding(_name(layer_names, i), [int(x) for x in steps], col, phases, run))
+    return out
