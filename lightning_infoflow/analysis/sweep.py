@@ -84,7 +84,7 @@ def below_absolute(last: LastLayers, name: str, absolute: float, named: bool) ->
     w, layer = last.words[name], last.layer(name)
     return Finding(
         rule="too_little_information", severity="warning", run=name if named else None, layer=layer,
-        message=f"the last layer ({layer}) focuses on {w:.2f} effective words per sentence.",
+        message=f"the last layer ({layer}) keeps {w:.2f} effective words per sentence.",
         measured=last.numbers(name),
         threshold=f"fewer than {absolute:g} effective words in the last layer",
         suggestion=lower_regularisation(last.hparams.get(name, {}), None, {}),
@@ -99,7 +99,7 @@ def below_best(last: LastLayers, name: str, best: str, why: str, relative: float
         measured.update(score=float(scores[name]), best_score=float(scores[best]))
     return Finding(
         rule="too_little_information", severity="warning", run=name, layer=layer,
-        message=f"the last layer ({layer}) focuses on {w:.2f} effective words per sentence against {top:.2f} in "
+        message=f"the last layer ({layer}) keeps {w:.2f} effective words per sentence against {top:.2f} in "
                 f"run {best} ({why}).",
         measured=measured,
         threshold=f"fewer than {relative:g} x the best run's effective words ({relative * top:.2f})",
