@@ -48,15 +48,32 @@ def test_sentence_and_layer_aggregates_skip_padding() -> None:
 
 
 def test_effective_words() -> None:
+    """exp(entropy) of the precision shares: even sigma -> every word, one word below the bound -> 1, all at the
+    bound -> 0; free of sigma_max (ratios of sigma only), unlike the participation ratio of information."""
     info = torch.tensor([[3.0, 3.0, 3.0, 3.0], [8.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [2.0, 2.0, NAN, NAN]])
-    torch.testing.assert_close(measures.effective_words(info), torch.tensor([4.0, 1.0, 0.0, 2.0]))
+    sigma = 10.0 * torch.exp(-info)  # K = 1, sigma_max = 10
+    at_bound = info == 0
+    torch.testing.assert_close(measures.effective_words(sigma, at_bound), torch.tensor([4.0, 1.0, 0.0, 2.0]))
+    # sigma ratio 2 between two words: shares 0.8 / 0.2 whatever the common scale (and sigma_max)
+    two = torch.tensor([[1.0, 2.0], [3.0, 6.0]])
+    words = measures.effective_words(two, torch.zeros(2, 2, dtype=torch.bool))
+    expected = math.exp(-(0.8 * math.log(0.8) + 0.2 * math.log(0.2)))
+    torch.testing.assert_close(words, torch.tensor([expected, expected]))
+
+
+def test_mean_log_sigma_differences_are_information_differences() -> None:
+    a, b = torch.tensor([[0.5, 1.0]]), torch.tensor([[1.0, 4.0]])
+    for sigma_max in (10.0, 1000.0):
+        gap = measures.mean_word_information(measures.word_information(a, sigma_max, 3)[None]) - \
+            measures.mean_word_information(measures.word_information(b, sigma_max, 3)[None])
+        torch.testing.assert_close(gap, -3 * (measures.mean_log_sigma(a) - measures.mean_log_sigma(b))[None])
 
 
 def test_sentence_without_words_is_nan_not_zero() -> None:
     """A row with no state (position past the sentence's end) is absent, not "keeps nothing"."""
     info = torch.tensor([[2.0, 2.0, NAN], [NAN, NAN, NAN]])
     assert torch.isnan(measures.sentence_information(info)[1])
-    assert torch.isnan(measures.effective_words(info)[1])
+    assert torch.isnan(measures.effective_words(10.0 * torch.exp(-info), info == 0)[1])
     res = InfoFlowResult(["l@2"], torch.tensor([[[1.0, 1.0, NAN], [NAN, NAN, NAN]]]),
                          torch.tensor([[True, True, False], [True, False, False]]), sigma_max=10.0, embedding_dim=2)
     torch.testing.assert_close(res.effective_words, torch.tensor([2.0]))

@@ -49,8 +49,16 @@ from torch import Tensor, nn
 from lightning_infoflow.core import guard, inputs
 from lightning_infoflow.core.chunks import ChunkScorer, chunk_size
 from lightning_infoflow.core.result import InfoFlowResult
-from lightning_infoflow.core.runner import Position, PreparedProbe, ProbeRunner, check_position
+from lightning_infoflow.core.runner import (
+    Position,
+    PreparedProbe,
+    ProbeRunner,
+    check_normalisation,
+    check_position,
+)
 from lightning_infoflow.core.settings import check_settings, check_steps
+from lightning_infoflow.core.start import closed_form, warm_start
+from lightning_infoflow.core.uncertainty import StepNoise
 
 _TAU = 5.0  # steps over which the step size halves (eta_t = lr / (1 + t / _TAU))
 _MAX_GRAD = 2.0  # gradient clip on log sigma from above (from below it is -1, the prior term alone)
@@ -91,6 +99,15 @@ class InfoFlowEstimator:
         tol: stop early when no ``log sigma`` moved more than this over ``check_every`` steps.
         check_every: steps between convergence checks (the only host-device synchronisations).
         seed: seed of the estimator's private noise generator; the global RNG is never used.
+        normalisation: the per-unit scale ``var_e`` of Eq. 7: ``"tokens"`` (default), each hidden unit's
+            variance over every real token of the probe; ``"sentences"`` (the paper's authors' code), its
+            variance over the probe's sentences of their token-averaged states. Averages vary less than
+            tokens, so one ``lam`` allows less noise with ``"sentences"``: the same optimum needs
+            ``lam_tokens = r * lam_sentences``, ``r = (sigma_sentences / sigma_tokens)^2`` at equal ``lam``
+            (a ratio of normalised sensitivities, layer-dependent). Measured ``r``: 0.10-0.32 on the test
+            models (tiny BERT 0.13/0.24, GRU stack 0.24-0.32, Transformer encoder 0.10/0.12; the paper's
+            ``lam=0.1`` is about ``lam=0.01-0.03`` here), 0.17 and 0.42 at layers 3 and 6 of
+            all-MiniLM-L6-v2. Recorded in ``meta["normalisation"]``.
 
     Thread safety: one estimator (and one model) serves one thread at a time. An analysis holds the model
     (:func:`~lightning_infoflow.core.guard.exclusive`): a second ``estimate``/``check`` of the same model
@@ -141,11 +158,14 @@ class InfoFlowEstimator:
         tol: float = 1e-3,
         check_every: int = 25,
         seed: int = 0,
+        normalisation: str = "tokens",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"`model` must be an nn.Module, got {type(model).__name__}")
         check_settings(lam, steps, samples, sigma_max, lr, warm_lr, chunk_size, memory_budget, tol, check_every)
         check_position(position)
+        check_normalisation(normalisation)
+        self.normalisation = normalisation
         self.model = model
         self.lam = float(lam)
         self.steps = steps
@@ -261,7 +281,7 @@ class InfoFlowEstimator:
             ref_mask = inputs.word_mask(reference, self.pad_token_id).to(device)
             reference = inputs.to_device(reference, device)
         return self._runner.prepare(batch, mask, self.position, noise_scale=self.sigma_max, reference=reference,
-                                    reference_mask=ref_mask, seed=self.seed + 1)
+                                    reference_mask=ref_mask, seed=self.seed + 1, normalisation=self.normalisation)
 
     # ------------------------------------------------------------------ optimisation
 
@@ -285,38 +305,27 @@ class InfoFlowEstimator:
         chunk = chunk_size(self.chunk_size, self.memory_budget, copies, per_copy, noise_bytes, device)
         bounds = [(a, min(a + chunk, copies)) for a in range(0, copies, chunk)]
         if init is not None:
-            log_sigma = self._warm_start(init, prep, device)
+            log_sigma = warm_start(init, prep, device)
         else:
-            log_sigma = self._closed_form(prep, scorer, bounds, samples, gen)
+            log_sigma = closed_form(prep, scorer, bounds, samples, gen, self.lam)
         log_sigma = log_sigma.clamp(max=log_max).masked_fill(~words, 0.0)
         log_sigma = log_sigma.contiguous().requires_grad_(True)
         # Step size schedule eta_t = lr / (1 + t / tau): a warm start enters the schedule where the step
         # is ``warm_lr`` (a good start point is kept, not shaken by the first steps).
         offset = _TAU * (self.lr / self.warm_lr - 1.0) if init is not None else 0.0
+        step_noise = StepNoise(words)
         recon, steps_run = self._refine(log_sigma, prep, scorer, bounds, words, samples, gen,
-                                        steps, offset, on_step)
-        return self._result(prep, log_sigma.detach(), words, recon, steps_run, samples, chunk, init, tokens)
-
-    def _closed_form(self, prep: PreparedProbe, scorer: ChunkScorer, bounds: list[tuple[int, int]],
-                     samples: int, gen: torch.Generator) -> Tensor:
-        """``log sigma`` of the linearised optimum ``sigma_i^2 = K lam / (2 ||J_i||_F^2)``: ``[L, B, T]``."""
-        device = prep.mask.device
-        n_rows, bsz, seq, dim = len(prep.rows), prep.batch_size, prep.seq_len, prep.embedding_dim
-        copies = n_rows * samples * bsz
-        g_idx = torch.arange(copies, device=device) // (samples * bsz)
-        b_idx = torch.arange(copies, device=device) % bsz
-        jac = torch.zeros(n_rows, bsz, seq, device=device)
-        u_all = torch.randn((copies, *scorer.max_state_shape), generator=gen, device=device)
-        for a, b in bounds:
-            sq = scorer.vjp_norms(a, b, prep.x[b_idx[a:b]], u_all[a:b])
-            jac.index_put_((g_idx[a:b], b_idx[a:b]), sq / samples, accumulate=True)
-        return 0.5 * (torch.log(torch.tensor(dim * self.lam, device=device)) - math.log(2.0)
-                      - torch.log(jac.clamp_min(1e-30)))
+                                        steps, offset, on_step, step_noise)
+        return self._result(prep, log_sigma.detach(), words, recon, (steps_run, samples, chunk), step_noise, init,
+                            tokens)
 
     def _refine(self, log_sigma: Tensor, prep: PreparedProbe, scorer: ChunkScorer, bounds: list[tuple[int, int]],
                 words: Tensor, samples: int, gen: torch.Generator, steps: int, offset: float,
-                on_step: Optional[Callable[[int, int], None]]) -> tuple[Tensor, int]:
-        """SGD on ``log sigma`` in place; returns the last step's reconstruction term per row and the steps run."""
+                on_step: Optional[Callable[[int, int], None]], step_noise: StepNoise) -> tuple[Tensor, int]:
+        """SGD on ``log sigma`` in place; returns the last step's reconstruction term per row and the steps run.
+
+        ``step_noise`` records each step's gradient for the estimator's own standard error.
+        """
         device = prep.mask.device
         n_rows, bsz, seq, dim = len(prep.rows), prep.batch_size, prep.seq_len, prep.embedding_dim
         copies = n_rows * samples * bsz
@@ -341,7 +350,9 @@ class InfoFlowEstimator:
                     grad += torch.autograd.grad(loss, log_sigma)[0]
                 recon.index_add_(0, g_idx[a:b], err.detach() / (dim * self.lam * samples))
             eta = self.lr / (1.0 + (step + offset) / _TAU)
-            log_sigma.sub_(eta * grad.clamp_(-1.0, _MAX_GRAD))
+            grad.clamp_(-1.0, _MAX_GRAD)
+            step_noise.record(grad, eta, log_sigma.detach() < log_max - 1e-4)
+            log_sigma.sub_(eta * grad)
             log_sigma.clamp_(max=log_max)
             steps_run = step + 1
             if on_step is not None:
@@ -353,10 +364,12 @@ class InfoFlowEstimator:
                 last_check = log_sigma.detach().clone()
         return recon, steps_run
 
-    def _result(self, prep: PreparedProbe, log_sigma: Tensor, words: Tensor, recon: Tensor, steps_run: int,
-                samples: int, chunk: int, init: Optional[InfoFlowResult],
+    def _result(self, prep: PreparedProbe, log_sigma: Tensor, words: Tensor, recon: Tensor,
+                run: tuple[int, int, int], step_noise: StepNoise, init: Optional[InfoFlowResult],
                 tokens: Optional[list[list[str]]]) -> InfoFlowResult:
-        """The result, with words whose layer was not finite under the noise flagged (and warned about)."""
+        """The result (``run``: steps run, samples, chunk size), with words whose layer was not finite under
+        the noise flagged (and warned about)."""
+        steps_run, samples, chunk = run
         n_rows, bsz = len(prep.rows), prep.batch_size
         log_max = math.log(prep.noise_scale)
         unstable = words & ~torch.isfinite(log_sigma)
@@ -375,8 +388,11 @@ class InfoFlowEstimator:
             loss=loss_val.float().cpu(),
             tokens=tokens,
             meta={"lam": self.lam, "steps_run": steps_run, "samples": samples, "chunk_size": chunk,
-                  "embedding": self.embedding_name, "warm_start": init is not None},
+                  "embedding": self.embedding_name, "warm_start": init is not None,
+                  "normalisation": self.normalisation},
             unstable=unstable.cpu(),
+            noise_se=step_noise.information_se(prep.embedding_dim, words & (log_sigma < log_max - 1e-4)),
+            state_spread=prep.state_spread(),
         )
 
     @staticmethod
@@ -393,15 +409,3 @@ class InfoFlowEstimator:
                     RuntimeWarning,
                     stacklevel=4,
                 )
-
-    @staticmethod
-    def _warm_start(init: InfoFlowResult, prep: PreparedProbe, device: torch.device) -> Tensor:
-        names = [r.name for r in prep.rows]
-        mask = prep.mask
-        if list(init.layer_names) != names or tuple(init.sigma.shape[1:]) != tuple(mask.shape):
-            raise ValueError(
-                f"`init` holds layers {init.layer_names} for sentences of shape {tuple(init.sigma.shape[1:])}, "
-                f"but this estimate has layers {names} and shape {tuple(mask.shape)}; pass a result of the same "
-                "estimator and probe"
-            )
-        return torch.nan_to_num(init.sigma.to(device).log(), nan=0.0)

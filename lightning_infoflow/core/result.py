@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import torch
 from torch import Tensor
 
-from lightning_infoflow.core import measures
+from lightning_infoflow.core import measures, uncertainty
 from lightning_infoflow.core.files import atomic_write
 
 _FORMAT = "lightning_infoflow.result/v1"
@@ -34,6 +34,18 @@ class InfoFlowResult:
             word's sigma is NaN, and every summary of its layer (``layer_information``, ``mean_entropy``,
             ``effective_words``) and of its sentence (``sentence_information``) is NaN rather than an
             average that silently leaves it out. All False when not given (files written before the field).
+        noise_se: float32 ``[L]`` standard error of ``layer_information`` from the estimator's own noise
+            (another seed, same probe; :class:`~lightning_infoflow.core.uncertainty.StepNoise`), nats per
+            word. NaN when unknown (``steps=0``, a subset of sentences, files written before the field).
+        state_spread: float32 ``[L]`` how much each layer's clean state varies over the probe relative to
+            its magnitude (:func:`~lightning_infoflow.core.hidden.state_spread`, in ``[0, 1]``); a layer below
+            :data:`~lightning_infoflow.core.measures.COLLAPSED_SPREAD` is collapsed (:attr:`collapsed`).
+            NaN when unknown (files written before the field).
+
+    Summaries that do not depend on ``sigma_max`` (while no word sits at the bound): ``layer_log_sigma``,
+    ``effective_words``, ``information_se``-based intervals' widths, differences of ``layer_information``
+    between results or layers of one model. ``information``, ``layer_information`` and
+    ``sentence_information`` carry the common offset ``K log sigma_max``.
 
     Example::
 
@@ -56,6 +68,8 @@ class InfoFlowResult:
     tokens: Optional[list[list[str]]] = None
     meta: dict[str, Any] = field(default_factory=dict)
     unstable: Optional[Tensor] = None
+    noise_se: Optional[Tensor] = None
+    state_spread: Optional[Tensor] = None
 
     def __post_init__(self) -> None:
         if self.at_bound is None:
@@ -64,6 +78,10 @@ class InfoFlowResult:
             self.loss = torch.full((len(self.layer_names),), float("nan"))
         if self.unstable is None:
             self.unstable = torch.zeros(self.sigma.shape, dtype=torch.bool)
+        if self.noise_se is None:
+            self.noise_se = torch.full((len(self.layer_names),), float("nan"))
+        if self.state_spread is None:
+            self.state_spread = torch.full((len(self.layer_names),), float("nan"))
 
     def _unstable_layers(self) -> Tensor:
         """``[L]``: True for a layer with any unstable word."""
@@ -107,9 +125,61 @@ class InfoFlowResult:
 
     @property
     def effective_words(self) -> Tensor:
-        """Effective number of words each layer keeps, averaged over sentences (that have a state), ``[L]``."""
-        words = torch.nanmean(measures.effective_words(self.information), dim=-1)
+        """Effective number of words each layer focuses on, averaged over sentences (that have a state), ``[L]``.
+
+        ``exp(entropy)`` of each word's share of the sentence's precision ``1 / sigma_i^2``
+        (:func:`~lightning_infoflow.core.measures.effective_words`); free of ``sigma_max``. Files written
+        before this definition logged the participation ratio of the information instead.
+        """
+        assert self.at_bound is not None
+        words = torch.nanmean(measures.effective_words(self.sigma, self.at_bound), dim=-1)
         return words.masked_fill(self._unstable_layers(), float("nan"))
+
+    @property
+    def layer_log_sigma(self) -> Tensor:
+        """Mean ``log sigma`` per real word, ``[L]`` nats per embedding dimension; free of ``sigma_max``.
+
+        ``-embedding_dim`` times the difference of two layers' (or two analyses') values is the difference
+        of their ``layer_information`` (while no word sits at the bound).
+        """
+        return measures.mean_log_sigma(self.sigma).masked_fill(self._unstable_layers(), float("nan"))
+
+    @property
+    def layer_information_se(self) -> Tensor:
+        """Standard error of ``layer_information`` over probe sentences and estimator noise, ``[L]`` nats.
+
+        A seeded bootstrap over sentences (:func:`~lightning_infoflow.core.uncertainty.bootstrap_se`): how
+        much the value would move with another probe of as many sentences and another seed. NaN with one
+        sentence. For another seed on the same probe only, see ``noise_se``.
+        """
+        info = self.information
+        sums = torch.nansum(info, dim=-1)
+        words = (~info.isnan()).sum(-1).float()
+        return uncertainty.bootstrap_se(sums, words).masked_fill(self._unstable_layers(), float("nan"))
+
+    def layer_information_interval(self, level: float = 0.9,
+                                   source: Literal["probe", "seed"] = "probe") -> tuple[Tensor, Tensor]:
+        """``(low, high)``, each ``[L]``: ``layer_information +/- z * se``, a normal interval of probability ``level``.
+
+        ``source="probe"`` uses ``layer_information_se`` (another probe and seed), ``"seed"`` uses
+        ``noise_se`` (another seed, same probe).
+
+        >>> r = InfoFlowResult(["l0"], torch.ones(1, 1, 2), torch.ones(1, 2, dtype=torch.bool), 10.0, 4,
+        ...                    noise_se=torch.tensor([0.5]))
+        >>> [round(float(t), 2) for t in r.layer_information_interval(0.9, source="seed")]
+        [8.39, 10.03]
+        """
+        if source not in ("probe", "seed"):
+            raise ValueError(f"`source` must be 'probe' or 'seed', got {source!r}")
+        se = self.layer_information_se if source == "probe" else self.noise_se
+        assert se is not None
+        half = uncertainty.normal_quantile(level) * se
+        return self.layer_information - half, self.layer_information + half
+
+    def collapsed(self, threshold: float = measures.COLLAPSED_SPREAD) -> Tensor:
+        """``[L]`` bool: layers whose state spread is below ``threshold`` (False where it is unknown)."""
+        assert self.state_spread is not None
+        return self.state_spread < threshold
 
     def words(self, sentence: int) -> list[str]:
         """The real (non-padded) words of one probe sentence: its tokens, or their positions as text.
@@ -138,6 +208,7 @@ class InfoFlowResult:
             tokens=[self.tokens[i] for i in idx.tolist()] if self.tokens else None,
             meta=dict(self.meta),
             unstable=None if self.unstable is None else self.unstable[:, idx],
+            state_spread=self.state_spread,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -156,6 +227,8 @@ class InfoFlowResult:
             "tokens": self.tokens,
             "meta": dict(self.meta),
             "unstable": self.unstable,
+            "noise_se": self.noise_se,
+            "state_spread": self.state_spread,
         }
 
     @classmethod
@@ -173,6 +246,8 @@ class InfoFlowResult:
             tokens=data["tokens"],
             meta=dict(data["meta"]),
             unstable=data.get("unstable"),  # absent from files written before the field
+            noise_se=data.get("noise_se"),  # the same for these two
+            state_spread=data.get("state_spread"),
         )
 
     def save(self, path: Union[str, os.PathLike[str]]) -> None:

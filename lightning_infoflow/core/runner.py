@@ -27,6 +27,20 @@ Position = Union[Literal["all", "each"], int, Sequence[int]]
 
 Hook = Callable[[nn.Module, Any, Any], Any]
 
+NORMALISATIONS = ("tokens", "sentences")
+"""How each hidden unit is scaled before the reconstruction error: by its spread over every real token of
+the probe (``"tokens"``, :func:`hidden.unit_inv_std`) or over the probe's sentence-averaged states
+(``"sentences"``, the paper's authors, :func:`hidden.sentence_inv_std`)."""
+
+_INV_STD = {"tokens": hidden.unit_inv_std, "sentences": hidden.sentence_inv_std}
+
+
+def check_normalisation(normalisation: Any) -> None:
+    """Raise a ValueError unless ``normalisation`` is one of :data:`NORMALISATIONS`."""
+    if normalisation not in _INV_STD:
+        raise ValueError(f"`normalisation` must be 'tokens' (per-token spread, the default) or 'sentences' "
+                         f"(the spread of sentence-averaged states, the paper's authors), got {normalisation!r}")
+
 
 def check_position(position: Any) -> None:
     """Raise a ValueError unless ``position`` is a :data:`Position`."""
@@ -104,6 +118,10 @@ class PreparedProbe:
         """State mask of row ``g`` for rows of the given sentences: ``[N, T']``."""
         return self.state_masks[g][sentences]
 
+    def state_spread(self) -> Tensor:
+        """``[rows]`` each row's clean state spread over the probe (:func:`hidden.state_spread`), float32 CPU."""
+        return torch.tensor([hidden.state_spread(self.clean(g), self.state_masks[g]) for g in range(len(self.rows))])
+
 
 def _discard(_t: Tensor) -> None:
     """Pack hook of forwards that are never differentiated: keep nothing."""
@@ -152,12 +170,14 @@ class ProbeRunner:
 
     def prepare(self, batch: inputs.Batch, mask: Tensor, position: Position, *,
                 noise_scale: Optional[float] = None, reference: Optional[inputs.Batch] = None,
-                reference_mask: Optional[Tensor] = None, seed: int = 0) -> PreparedProbe:
+                reference_mask: Optional[Tensor] = None, seed: int = 0,
+                normalisation: str = "tokens") -> PreparedProbe:
         """Check the batch against the model and collect what every analysis needs (see :class:`PreparedProbe`).
 
         Two forwards: the clean batch (``B`` sentences), then the batch twice with the second copy's
         embeddings perturbed by noise of scale ``noise_scale`` (default: 10 x the std of the clean
         embeddings). They locate each layer's batch and time axes and show that it depends on its input.
+        ``normalisation`` chooses the per-unit spread that ``inv_std`` holds (see :data:`NORMALISATIONS`).
 
         Raises:
             ValueError: the embedding or a layer not called exactly once, an embedding output that is not
@@ -176,7 +196,7 @@ class ProbeRunner:
         doubled = self._check_forward(inputs.repeat_batch(batch, 2, bsz), 2 * bsz,
                                       replace=torch.cat([x, x]) + scale * torch.cat([noise, noise]))
         states = {n: self._layer_state(n, clean.outputs[n], doubled.outputs[n], bsz, seq) for n in self.layer_names}
-        inv_std = self._inv_std(states, mask, reference, reference_mask)
+        inv_std = self._inv_std(states, mask, reference, reference_mask, _INV_STD[normalisation])
         rows = self.rows(states, position)
         state_masks = [hidden.state_mask(states[r.module_name].state.shape[1], r.position,
                                          states[r.module_name].aligned, mask) for r in rows]
@@ -198,10 +218,11 @@ class ProbeRunner:
         return LayerState(state, bdim, tdim, tdim is not None and state.shape[1] == seq)
 
     def _inv_std(self, states: dict[str, LayerState], mask: Tensor, reference: Optional[inputs.Batch],
-                 reference_mask: Optional[Tensor]) -> dict[str, Tensor]:
-        """1/std per hidden unit over the probe, or over ``reference`` (see :func:`hidden.unit_inv_std`)."""
+                 reference_mask: Optional[Tensor], inv_std: Callable[[Tensor, Tensor, bool], Tensor]
+                 ) -> dict[str, Tensor]:
+        """1/std per hidden unit over the probe, or over ``reference`` (``inv_std``: the normalisation)."""
         if reference is None or reference_mask is None:
-            return {n: hidden.unit_inv_std(s.state, mask, s.aligned) for n, s in states.items()}
+            return {n: inv_std(s.state, mask, s.aligned) for n, s in states.items()}
         ref = self._check_forward(reference, int(reference_mask.shape[0])).outputs
         bad = [n for n in self.layer_names if not torch.isfinite(ref[n]).all()]
         if bad:
@@ -211,7 +232,7 @@ class ProbeRunner:
         for n, s in states.items():
             state = hidden.layout(ref[n], s.batch_dim, s.time_dim).float()
             aligned = s.aligned and ref[n].shape[s.time_dim] == reference_mask.shape[1]  # type: ignore[index]
-            out[n] = hidden.unit_inv_std(state, reference_mask, aligned)
+            out[n] = inv_std(state, reference_mask, aligned)
         return out
 
     def rows(self, states: dict[str, LayerState], position: Position) -> list[StateRow]:
