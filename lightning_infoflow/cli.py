@@ -301,7 +301,7 @@ def analyze(module_spec: str | None, ckpt: str | None, hf_model: str | None, pro
     try:
         built = build_probe(read_sentences(probe), tokenizer_from(tokenizer), num_sentences=num_sentences,
                             max_length=max_length)
-        chosen = {} if steps is None else {"steps": steps}  # None: the estimator's own default
+        chosen: dict[str, Any] = {} if steps is None else {"steps": steps}  # None: the estimator's own default
         estimator = InfoFlowEstimator(target, layer_spec, embedding, lam=lam, samples=samples, seed=seed, **chosen)
         names = estimator.check(built.batch)
     except ValueError as err:

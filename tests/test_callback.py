@@ -463,6 +463,9 @@ def test_live_collapse_warning():
     state.layer_names = ["a", "b"]
     state.steps = [0, 100]
     state.history = [torch.tensor([50.0, 40.0]), torch.tensor([49.0, 10.0])]  # layer b loses 75%
+    state.noise_se = [torch.tensor([0.2, 0.2])] * 2
+    # K = 8: a fall of 30 nats per word is sigma growing 42x in geometric mean, far beyond the 2x of the rule
+    state.previous = InfoFlowResult(["a", "b"], torch.ones(2, 1, 3), torch.ones(1, 3, dtype=torch.bool), 10.0, 8)
     state.losses = [0.69, 0.69]  # while the loss does not improve
     with pytest.warns(UserWarning, match="information_collapse"):
         state.check_collapse()

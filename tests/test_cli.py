@@ -115,7 +115,7 @@ def test_report_on_a_callback_run(trained, tmp_path):
     for layer in ("model.rnns.0", "model.rnns.1"):
         assert layer in flat(res)
     assert "5 analyses at steps [0, 1, 2, 3, 6], 4 probe sentences" in flat(res)
-    assert "Information peaks" in flat(res) and "Guidance:" in flat(res)
+    assert "Information phases" in flat(res) and "Guidance:" in flat(res)
     page = (out / "report.html").read_text()
     pngs = sorted(p for p in os.listdir(out) if p.endswith(".png"))
     # curves, effective-words curves, layer profile, and 4 sentences x (first, peak, last) heatmaps (peak may repeat)

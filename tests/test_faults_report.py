@@ -244,3 +244,20 @@ def test_same_version_rewritten_logs_keep_each_step_once(tmp_path):
     assert run.loss_history()[2] == pytest.approx((1.96 + 1.95 + 1.94) / 3)
     res = invoke("report", log)
     assert res.exit_code == 0 and "4 analyses at steps [0, 3, 6, 9]" in flat(res)
+
+
+def test_event_files_whose_names_do_not_sort_by_time_keep_the_last_value_of_each_step(tmp_path):
+    """TensorBoard names event files ``...<pid>.<counter>``; counter 10 sorts before 9 as text. The reader
+    orders events by the time they were written, and purges nothing when a step goes back."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    log = str(tmp_path / "version_0")
+    for offset, steps, counter in ((0.0, range(7), "9"), (1.0, range(4, 10), "10")):
+        writer = SummaryWriter(log)
+        for s in steps:
+            writer.add_scalar("val_loss", offset + s, s)
+        writer.close()
+        newest = max((os.path.join(log, f) for f in os.listdir(log) if ".host." not in f), key=os.path.getmtime)
+        os.rename(newest, os.path.join(log, f"events.out.tfevents.1700000000.host.1.{counter}"))
+    points = dict(read_scalars(log)["val_loss"])
+    assert sorted(points) == list(range(10)) and points[3] == 3.0 and points[5] == 6.0

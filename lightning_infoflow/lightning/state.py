@@ -25,7 +25,8 @@ class RunState:
     Attributes:
         run_id: uuid4 hex of the run, created at its first analysis; ``None`` before.
         last_step: the last step whose analysis finished (or was skipped on purpose); -1 before the first.
-        steps: steps of the successful analyses; ``history[i]`` is the information per layer at ``steps[i]``.
+        steps: steps of the successful analyses; ``history[i]`` is the information per layer at ``steps[i]``
+            and ``noise_se[i]`` its standard error from the estimator's own noise (NaN when unknown).
         layer_names: the result's row names.
         previous: the last result, the warm start of the next analysis (``None``: the next one starts cold).
     """
@@ -35,6 +36,7 @@ class RunState:
         self.last_step = -1
         self.steps: list[int] = []
         self.history: list[Tensor] = []
+        self.noise_se: list[Tensor] = []
         self.losses: list[float] = []
         self.layer_names: list[str] = []
         self.previous: Optional[InfoFlowResult] = None
@@ -54,10 +56,13 @@ class RunState:
         if self.steps and self.steps[-1] == step:
             self.steps.pop()
             self.history.pop()
+            self.noise_se.pop()
             self.losses.pop()
         self.previous = result
         self.steps.append(step)
         self.history.append(result.layer_information.clone())
+        self.noise_se.append(result.noise_se.clone() if result.noise_se is not None
+                             else torch.full_like(self.history[-1], float("nan")))
         self.losses.append(self._training_loss(trainer))
 
     def curves(self) -> tuple[list[int], Tensor]:
@@ -78,11 +83,12 @@ class RunState:
 
     def check_collapse(self) -> None:
         """Warn when a layer's information falls steeply while the training loss does not improve."""
-        if len(self.history) < 2:
+        if len(self.history) < 2 or self.previous is None:
             return
         from lightning_infoflow.analysis.guidance import collapse_finding
 
-        finding = collapse_finding(self.steps, torch.stack(self.history), self.losses, self.layer_names)
+        finding = collapse_finding(self.steps, torch.stack(self.history), self.losses, self.layer_names,
+                                   embedding_dim=self.previous.embedding_dim, se=torch.stack(self.noise_se))
         if finding is not None:
             rank_zero_warn(f"InfoFlowCallback: {finding}")
 
@@ -93,6 +99,7 @@ class RunState:
             "last_step": self.last_step,
             "history_steps": list(self.steps),
             "history": torch.stack(self.history) if self.history else torch.zeros(0),
+            "noise_se": torch.stack(self.noise_se) if self.noise_se else torch.zeros(0),
             "losses": list(self.losses),
             "layer_names": list(self.layer_names),
             "previous": prev.to_dict() if prev is not None else None,
@@ -106,6 +113,9 @@ class RunState:
         self.steps = [int(s) for s in state["history_steps"]]
         history = state["history"]
         self.history = list(history) if history.numel() else []
+        noise_se = state.get("noise_se")
+        self.noise_se = (list(noise_se) if noise_se is not None and noise_se.numel()
+                         else [torch.full_like(h, float("nan")) for h in self.history])
         self.losses = [float(v) for v in state.get("losses", [float("nan")] * len(self.history))]
         self.layer_names = list(state["layer_names"])
         prev = state.get("previous")

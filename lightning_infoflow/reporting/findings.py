@@ -22,15 +22,18 @@ def run_findings(run: Run, stop_words: Collection[str] = guidance.STOP_WORDS, la
     """
     names = run.layer_names
     info = run.aligned_history()
-    findings: list[Finding] = []
+    findings: list[Finding] = guidance.collapsed_layers(run.last, run=label)
     if absolute_bar:
         key = label or run.name
         findings += guidance.too_little_information({key: run.last}, {key: run.hparams}, absolute=absolute)
     if info is not None:
-        findings += guidance.collapse_findings(run.steps, info, run.loss_history(), names, run=label)
+        se = run.aligned_history("noise_se")
+        findings += guidance.collapse_findings(run.steps, info, run.loss_history(), names, run=label,
+                                               embedding_dim=run.last.embedding_dim, se=se)
     findings += guidance.noisy_word_use(run.last, stop_words, run=label)
     if info is not None:
-        findings += guidance.information_phases(run.steps, info, names, run=label)
+        findings += guidance.information_phases(run.steps, info, names, se=run.aligned_history("noise_se"),
+                                                run=label)
     return findings
 
 

@@ -106,14 +106,18 @@ def _csv_scalars(path: str) -> dict[str, dict[int, float]]:
 def _event_scalars(log_dir: str) -> dict[str, dict[int, float]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    # Event files are read in name order, which is not time order (their counter suffix sorts as text), so
+    # nothing is purged on a step that goes back, and a repeated step keeps the event written last.
     acc = EventAccumulator(log_dir, size_guidance={"scalars": 0, "images": 1, "tensors": 1, "histograms": 1,
-                                                    "audio": 1, "compressedHistograms": 1})
+                                                    "audio": 1, "compressedHistograms": 1},
+                           purge_orphaned_data=False)
     acc.Reload()
     out: dict[str, dict[int, float]] = {}
     for tag in acc.Tags().get("scalars", []):
         if tag.startswith("infoflow/") or tag in ("epoch", "hp_metric"):
             continue
-        out[tag] = {int(e.step): float(e.value) for e in acc.Scalars(tag)}  # a later event of the same step wins
+        events = sorted(acc.Scalars(tag), key=lambda e: e.wall_time)
+        out[tag] = {int(e.step): float(e.value) for e in events}  # the last written event of a step wins
     return out
 
 

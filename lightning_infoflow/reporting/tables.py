@@ -10,7 +10,6 @@ from typing import Any
 
 import torch
 
-from lightning_infoflow.analysis import guidance
 from lightning_infoflow.analysis.guidance import Finding
 from lightning_infoflow.reporting.runs import Run
 
@@ -93,11 +92,9 @@ def settings_table(run: Run) -> Table | None:
 
 
 def phase_name(finding: Finding) -> str:
-    """The phases an ``information_phases`` finding describes: expansion, compression, both, or stable."""
-    rise = finding.measured["rise"] >= guidance.PHASE_CHANGE
-    fall = finding.measured["fall"] >= guidance.PHASE_CHANGE
-    return {(True, True): "expansion, compression", (True, False): "expansion", (False, True): "compression",
-            (False, False): "stable"}[(rise, fall)]
+    """The phases an ``information_phases`` finding describes, in order (``"compression, expansion"``), or
+    ``"stable"`` when every change stays within its uncertainty."""
+    return str(finding.extra["label"])
 
 
 def phases_table(findings: Sequence[Finding]) -> Table | None:
@@ -108,10 +105,10 @@ def phases_table(findings: Sequence[Finding]) -> Table | None:
     runs = any(f.run for f in phases)
     header = [*(["run"] if runs else []), "layer", "peak step", "peak info", "rise to peak", "peak to last", "phases"]
     rows = [[*([f.run or ""] if runs else []), f.layer or "", int(f.measured["peak_step"]),
-             f.measured["peak_information"], f"{100 * f.measured['rise']:+.1f}%", f"{-100 * f.measured['fall']:+.1f}%",
+             f.measured["peak_information"], f"{f.measured['rise']:+.2f}", f"{-f.measured['fall']:+.2f}",
              phase_name(f)] for f in phases]
-    return Table(f"Information peaks (Fig. 9; a phase is a change of at least {100 * guidance.PHASE_CHANGE:g}% of "
-                 "the peak)", header, rows, css="phases")
+    return Table("Information phases (Fig. 9; nats per word; a rise or fall is a phase when it exceeds its "
+                 "uncertainty)", header, rows, css="phases")
 
 
 def layer_axis(runs: Sequence[Run]) -> list[str]:
