@@ -186,13 +186,15 @@ def run_measures(sweep: SweepRuns, name: str) -> dict[str, float]:
     """Early and final signals of one run, and the last layer's state spread at both points."""
     rec, run = sweep.records[name], sweep.runs[name]
     early = result_near(run, int(rec["early_step"]))
-    last = run.results[-1]
+    first, last = run.results[0], run.results[-1]
     run_dir = sweep.dirs[name]
     return {
         "info_early": float(early.layer_information[-1]), "info_step": float(early.meta.get("step", -1)),
         "info_final": float(last.layer_information[-1]),
+        "info_change_early": float(early.layer_information[-1] - first.layer_information[-1]),
         "train_loss_early": float(rec["early_train_loss"]), "val_loss_early": float(rec["early_val_loss"]),
         "val_acc_early": float(rec["early_val_acc"]), "final_val_acc": float(rec["final_val_acc"]),
+        "spread_start": checkpoint_spread(run_dir, rec, int(first.meta.get("step", -1)), first.layer_names[-1]),
         "spread_early": checkpoint_spread(run_dir, rec, int(early.meta.get("step", -1)), early.layer_names[-1]),
         "spread_final": checkpoint_spread(run_dir, rec, int(last.meta.get("step", -1)), last.layer_names[-1]),
     }
@@ -220,6 +222,7 @@ PREDICTORS = (
     ("val_loss_early", "(c) validation loss at ~20%"),
     ("val_acc_early", "(d) validation accuracy at ~20% (reference)"),
     ("info_final", "(e) last layer's information at the end (not a forecast)"),
+    ("info_change_early", "(f) change of the last layer's information from step 0 to ~20% (no sigma_max offset)"),
 )
 
 
@@ -247,6 +250,9 @@ def write_report(runs_dir: str, out: str) -> dict[str, Any]:
         summary["sweeps"][sweep.name] = {
             "sweep": sweep, "verdicts": verdicts(sweep, names), "measures": measures,
             "correlations": correlations(measures, sorted(sweep.records)),
+            "correlations_by_seed": {seed: correlations(measures, [n for n, r in sweep.records.items()
+                                                                   if r["seed"] == seed])
+                                     for seed in sorted({r["seed"] for r in sweep.records.values()})},
             "correlations_without_collapsed": correlations(measures, kept) if 3 <= len(kept) < len(sweep.records)
             else [],
         }
