@@ -260,27 +260,20 @@ def _collapse(steps: list[int], info: Tensor, losses: tuple[float, float, float]
     )
 
 
-def collapse_findings(
-    steps: Sequence[int],
-    information: History,
-    loss: Sequence[float],
-    layer_names: Sequence[str] | None = None,
-    *,
-    embedding_dim: int | None = None,
-    se: History | None = None,
-    sigma_ratio: float = COLLAPSE_SIGMA_RATIO,
-    z: float = COLLAPSE_Z,
-    min_improvement: float = COLLAPSE_MIN_IMPROVEMENT,
-    run: str | None = None,
-) -> list[Finding]:
-    """Every information collapse of a whole history (offline): :func:`collapse_finding` on each interval."""
+def collapse_findings(steps: Sequence[int], information: History, loss: Sequence[float],
+                      layer_names: Sequence[str] | None = None, *, se: History | None = None,
+                      **options: Any) -> list[Finding]:
+    """Every information collapse of a whole history (offline): :func:`collapse_finding` on each interval.
+
+    ``se`` as for :func:`collapse_finding`; ``options`` are its other keyword arguments (``embedding_dim``,
+    thresholds, ``run``).
+    """
     info = torch.as_tensor(information, dtype=torch.float64)
     errors = None if se is None else torch.as_tensor(se, dtype=torch.float64)
     out = []
     for k in range(1, len(steps)):
-        f = collapse_finding(steps[: k + 1], info[: k + 1], loss[: k + 1], layer_names, embedding_dim=embedding_dim,
-                             se=None if errors is None else errors[: k + 1], sigma_ratio=sigma_ratio, z=z,
-                             min_improvement=min_improvement, run=run)
+        f = collapse_finding(steps[: k + 1], info[: k + 1], loss[: k + 1], layer_names,
+                             se=None if errors is None else errors[: k + 1], **options)
         if f is not None:
             out.append(f)
     return out
