@@ -190,6 +190,8 @@ def test_callback_findings_are_the_report_rules_over_its_history(tmp_path):
     assert markdown.startswith("### infoflow: guidance at step 100 (3 analyses)")
     assert "\n- **information_collapse**: " in markdown and "*Try*: " in markdown
     assert RunState().findings() == []  # nothing before the first analysis
+    state.previous = None  # a failed analysis clears the warm start: the rules still read the last result
+    assert [f.to_dict() for f in state.findings({"weight_decay": 0.1})] == [f.to_dict() for f in found]
 
 
 def test_run_findings_still_reads_a_saved_run(tmp_path):

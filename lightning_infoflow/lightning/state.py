@@ -41,6 +41,7 @@ class RunState:
             ``information_se[i]`` its standard error over probe sentences and noise (``layer_information_se``).
         layer_names: the result's row names.
         previous: the last result, the warm start of the next analysis (``None``: the next one starts cold).
+        last: the last successful result (kept when a failure clears ``previous``); ``None`` before the first.
     """
 
     def __init__(self) -> None:
@@ -53,6 +54,7 @@ class RunState:
         self.losses: list[float] = []
         self.layer_names: list[str] = []
         self.previous: Optional[InfoFlowResult] = None
+        self.last: Optional[InfoFlowResult] = None
         self.failures = 0
         self.skipped = 0
         self._loss_sum: Optional[Tensor] = None
@@ -72,7 +74,7 @@ class RunState:
             self.noise_se.pop()
             self.information_se.pop()
             self.losses.pop()
-        self.previous = result
+        self.previous = self.last = result
         self.steps.append(step)
         self.history.append(result.layer_information.clone())
         self.noise_se.append(result.noise_se.clone() if result.noise_se is not None
@@ -89,12 +91,12 @@ class RunState:
     def findings(self, hparams: Optional[dict[str, Any]] = None) -> list[Finding]:
         """The single-run guidance rules over the history so far (as ``infoflow report`` applies them to the
         saved run); empty before the first analysis."""
-        if self.previous is None or not self.history:
+        if self.last is None or not self.history:
             return []
         from lightning_infoflow.reporting.findings import history_findings
 
         return history_findings(self.steps, torch.stack(self.history), torch.stack(self.noise_se), self.losses,
-                                self.previous, hparams=hparams)
+                                self.last, hparams=hparams)
 
     def _training_loss(self, trainer: Trainer) -> float:
         """Mean training loss since the previous analysis (or a logged loss when steps return none)."""
@@ -150,6 +152,6 @@ class RunState:
         self.losses = [float(v) for v in state.get("losses", [float("nan")] * len(self.history))]
         self.layer_names = list(state["layer_names"])
         prev = state.get("previous")
-        self.previous = InfoFlowResult.from_dict(prev) if prev is not None else None
+        self.previous = self.last = InfoFlowResult.from_dict(prev) if prev is not None else None
         self.failures = int(state.get("failures", 0))
         self.skipped = int(state.get("skipped", 0))
