@@ -71,6 +71,7 @@ from lightning_infoflow.reporting.runs import (
 from lightning_infoflow.reporting.tables import (
     EFFECTIVE_WORDS,
     INFORMATION,
+    Estimate,
     Table,
     cell,
     compare_tables,
@@ -201,16 +202,19 @@ def _print_report(run: Run, path: str, findings: list[guidance.Finding], namespa
 def compare(run_dirs: tuple[str, ...], out: str, metric: str | None, mode: str | None, too_little_ratio: float,
             stop_words: str | None, progress: bool, quiet: bool) -> None:
     """Runs side by side: per-layer information, last-layer saliency on the same probe sentences,
-    hyperparameters, final validation metrics, then guidance. A folder holding several runs adds them all;
-    each namespace of a run counts as a run. Layers are aligned by their longest common dotted suffix (see
-    below)."""
+    hyperparameters, final validation metrics, then guidance. RUN_DIRS are log dirs, or the parent folder of
+    a sweep: every run below it, at any depth (e.g. sweep/wd0.1/version_0), is compared. Each namespace of a
+    run counts as a run. Layers are aligned by their longest common dotted suffix (see below)."""
     try:
         sources = list(dict.fromkeys(s for d in run_dirs for s in find_runs(d)))
     except RunError as err:
         raise click.ClickException(str(err)) from None
     if len(sources) < 2:
-        raise click.UsageError(f"compare needs two runs or more; found one: {sources[0].label}. "
-                               "Use `infoflow report` for one run.")
+        where = " and ".join(repr(d) for d in run_dirs)
+        raise click.UsageError(
+            f"compare needs two runs or more; found {len(sources)} under {where}: {sources[0].label}. Pass two log "
+            "dirs or more, or the parent folder of a sweep whose subfolders hold the runs (e.g. `infoflow compare "
+            "runs/` for runs/wd0/version_0, runs/wd0.1/version_0); use `infoflow report` for one run.")
     with progress_bars(progress and not quiet) as task:
         try:
             runs = [load_run(s, name, progress=task) for s, name in zip(sources, source_names(sources))]
@@ -326,8 +330,9 @@ def _print_analysis(result: Any, path: str, out: str) -> None:
     terminal = console()
     terminal.print(f"[bold]infoflow analyze[/bold]: {result.sigma.shape[1]} probe sentences, {len(result.layer_names)} "
                    f"layers, {result.meta['seconds']:.1f} s; step {result.meta['step']}")
-    rows = [[n, float(i), float(e)] for n, i, e in
-            zip(result.layer_names, result.layer_information.tolist(), result.effective_words.tolist())]
+    rows = [[n, Estimate(i, se), e] for n, i, se, e in
+            zip(result.layer_names, result.layer_information.tolist(), result.layer_information_se.tolist(),
+                result.effective_words.tolist())]
     table = Table("Layers", ["layer", INFORMATION, EFFECTIVE_WORDS], rows)
     terminal.print(render(table))
     print_definitions(terminal, [table])

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from lightning_infoflow import AttributesHook, EstimatorConfig, InfoFlowCallback, InfoFlowResult, SaliencyHook
 from lightning_infoflow.lightning.schedule import log_spaced_steps
+from lightning_infoflow.lightning.sinks import MEASURES
 
 FAST = dict(estimator=EstimatorConfig(steps=4, warm_steps=2, samples=2), max_overhead=None)
 
@@ -66,9 +67,15 @@ def test_scalars_reach_csv_and_callback_metrics(tmp_path):
     key = "infoflow/information/model.rnns.1"
     steps = [int(r["step"]) for r in rows if r.get(key)]
     assert steps == [0, 5, 10]
-    for measure in ("information", "entropy", "effective_words", "loss"):
-        for layer in ("model.rnns.0", "model.rnns.1"):
-            assert f"infoflow/{measure}/{layer}" in trainer.callback_metrics
+    per_layer = {f"infoflow/{m}/{layer}" for m in MEASURES for layer in ("model.rnns.0", "model.rnns.1")}
+    assert per_layer <= set(trainer.callback_metrics)
+    assert {"infoflow/information_se/model.rnns.1", "infoflow/noise_se/model.rnns.0", "infoflow/log_sigma/model.rnns.1",
+            "infoflow/state_spread/model.rnns.0", "infoflow/information_low/model.rnns.0"} <= per_layer
+    # one fixed key set: every analysis's row holds every per-layer key (the CSV header never changes)
+    assert all(r[k] != "" for r in rows if r.get(key) for k in per_layer)
+    # guidance at the end of training: a logger without a text API gets findings.md beside the results
+    with open(os.path.join(logger.log_dir, "infoflow", "findings.md")) as f:
+        assert f.read().startswith("### infoflow: guidance at step 10 (3 analyses)")
     assert float(trainer.callback_metrics["infoflow/analysis_seconds"]) > 0
     pngs = glob.glob(os.path.join(logger.log_dir, "infoflow", "images", "*.png"))
     assert any("heatmap" in p for p in pngs) and any("curves" in p for p in pngs)
@@ -94,11 +101,18 @@ def test_tensorboard_scalars_layout_and_images(tmp_path):
     for layer in ("model.rnns.0", "model.rnns.1"):
         run = EventAccumulator(os.path.join(logger.log_dir, "infoflow", "tb", layer), size_guidance={"scalars": 0})
         run.Reload()
-        assert set(run.Tags()["scalars"]) == {f"infoflow/{m}" for m in ("information", "entropy", "effective_words",
-                                                                         "loss")}
+        assert set(run.Tags()["scalars"]) == {f"infoflow/{m}" for m in MEASURES}
         assert [e.step for e in run.Scalars("infoflow/information")] == [0, 6]
-    assert [e.value for e in run.Scalars("infoflow/information")][-1] == pytest.approx(
-        float(cb.last_result.layer_information[1]))
+    last = cb.last_result
+    assert [e.value for e in run.Scalars("infoflow/information")][-1] == pytest.approx(float(last.layer_information[1]))
+    # the interval's ends bracket the value by 1.645 standard errors (the bootstrap over probe sentences)
+    low, high, se = (run.Scalars(f"infoflow/{m}")[-1].value for m in ("information_low", "information_high",
+                                                                      "information_se"))
+    assert se == pytest.approx(float(last.layer_information_se[1]), rel=1e-5) and se > 0
+    assert (high - low) / 2 == pytest.approx(1.6449 * se, rel=1e-3)
+    assert run.Scalars("infoflow/noise_se")[-1].value == pytest.approx(float(last.noise_se[1]), rel=1e-5)
+    assert run.Scalars("infoflow/log_sigma")[-1].value == pytest.approx(float(last.layer_log_sigma[1]), rel=1e-5)
+    assert run.Scalars("infoflow/state_spread")[-1].value == pytest.approx(float(last.state_spread[1]), rel=1e-5)
     assert "infoflow/information/model.rnns.0" not in tags["scalars"]  # not twice
     assert "infoflow/analysis_seconds" in tags["scalars"]
     assert {"infoflow/heatmap/sentence_0", "infoflow/heatmap/sentence_1", "infoflow/curves"} <= set(tags["images"])
@@ -111,15 +125,37 @@ def test_tensorboard_scalars_layout_and_images(tmp_path):
     assert [cat.title for cat in layout.category] == ["infoflow"]
     charts = [c for cat in layout.category for c in cat.chart]
     assert any("^infoflow/information$" in c.multiline.tag for c in charts)
+    # a margin chart: the information with its interval as the band, tags every layer's run holds
+    (margin,) = [c.margin for c in charts if c.HasField("margin")]
+    assert [(s.value, s.lower, s.upper) for s in margin.series] == [
+        ("infoflow/information", "infoflow/information_low", "infoflow/information_high")]
+    # the guidance at the end of training, in the text plugin of the logger's own run, at the last step
+    (text,) = acc.Tensors("infoflow/findings/text_summary")
+    assert text.step == 6
+    markdown = text.tensor_proto.string_val[0].decode()
+    assert markdown.startswith("### infoflow: guidance at step 6 (2 analyses)")
 
 
-def _wandb_history(run_dir: str) -> list[dict[str, Any]]:
-    """History rows of an offline W&B run, read by W&B's own reader (``wandb leet inspect --json``)."""
+def _wandb_records(run_dir: str) -> list[dict[str, Any]]:
+    """Records of an offline W&B run, read by W&B's own reader (``wandb leet inspect --json``)."""
     (path,) = glob.glob(os.path.join(run_dir, "*.wandb"))
     proc = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", path], capture_output=True,
                           text=True, timeout=120, check=True)
-    records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
+def _wandb_history(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """History rows of an offline W&B run."""
     return [r["history"]["item"] for r in records if r.get("type") == "history"]
+
+
+def _wandb_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run summary: every summary update, in order."""
+    summary: dict[str, Any] = {}
+    for r in records:
+        if r.get("type") == "summary":
+            summary.update(r["summary"].get("update", {}))
+    return summary
 
 
 def test_wandb_offline_one_row_per_analysis_and_results_written_once(tmp_path, monkeypatch):
@@ -135,7 +171,8 @@ def test_wandb_offline_one_row_per_analysis_and_results_written_once(tmp_path, m
     run_dir = logger.experiment.dir.rsplit(os.sep, 1)[0]
     wandb.finish()
     wandb.teardown()  # flushes the offline run file
-    history = _wandb_history(run_dir)
+    records = _wandb_records(run_dir)
+    history = _wandb_history(records)
     rows = [h for h in history if any(k.startswith("infoflow/") for k in h)]
     # one row per analysis, at the analysis's own step metric, scalars and images together
     assert [int(h["infoflow/step"]) for h in rows] == [0, 6]
@@ -147,6 +184,9 @@ def test_wandb_offline_one_row_per_analysis_and_results_written_once(tmp_path, m
     assert rows[-1]["infoflow/heatmap/sentence_0.caption"] == " ".join(cb.last_result.words(0))
     assert len(history) > len(rows)  # the trainer's own rows are there too, untouched
     assert glob.glob(os.path.join(run_dir, "files", "media", "images", "infoflow", "heatmap", "*.png"))
+    # the guidance at the end of training, in the run summary (the run's overview page)
+    assert _wandb_summary(records)["infoflow/findings"].startswith("### infoflow: guidance at step 6 (2 analyses)")
+    assert "infoflow/information_se/model.rnns.0" in rows[-1] and "infoflow/information_high/model.rnns.1" in rows[-1]
     # results written once, in the first logger's run folder
     results = glob.glob(os.path.join(str(tmp_path), "**", "step_*.pt"), recursive=True)
     assert sorted(os.path.relpath(p, tensorboard.log_dir) for p in results) == [

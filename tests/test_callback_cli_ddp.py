@@ -117,7 +117,8 @@ def _ddp_fit(tmp_path, name, callback, devices=2):
 
 
 def _logged_steps(log_dir):
-    rows = list(csv.DictReader(open(os.path.join(log_dir, "metrics.csv"))))
+    with open(os.path.join(log_dir, "metrics.csv")) as f:
+        rows = list(csv.DictReader(f))
     return [int(r["step"]) for r in rows if r.get("infoflow/information/model.rnns.0")]
 
 

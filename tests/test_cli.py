@@ -224,9 +224,30 @@ def test_match_probes_subsets_every_analysis(sweep):
     assert torch.allclose(kept.last.information, load_run(os.path.join(sweep, "wd1e-3")).last.information)
 
 
+def test_compare_takes_the_parent_folder_of_a_sweep_at_any_depth(sweep, tmp_path):
+    deep = os.path.join(sweep, "seeds", "seed1", "wd0", "version_0")  # a run three folders further down
+    write_run(deep, [[3.0, 1.0, 2.0, 2.0, 2.0, 1.0, 3.0], [2.0] * 7], SENTENCES, {"weight_decay": 0.0, "seed": 1},
+              0.80)
+    out = tmp_path / "cmp"
+    res = invoke("compare", sweep, "--out", str(out), "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert "4 runs, 2 shared probe sentences" in flat(res)
+    page = (out / "compare.html").read_text()
+    assert all(name in page for name in ("wd0", "wd1e-4", "wd1e-3", "seeds/seed1/wd0"))
+    # a parent folder and a log dir together, the run named twice counted once
+    res = invoke("compare", os.path.join(sweep, "seeds"), os.path.join(sweep, "wd0", "version_0"), sweep + "/wd0",
+                 "--out", str(tmp_path / "cmp2"), "--no-progress")
+    assert res.exit_code == 0 and "2 runs" in flat(res), res.output
+
+
 def test_compare_errors(trained, sweep, tmp_path):
     res = invoke("compare", trained["tb"], "--no-progress")
-    assert res.exit_code == 2 and "compare needs two runs or more" in flat(res)
+    assert res.exit_code == 2 and "compare needs two runs or more; found 1 under" in flat(res)
+    assert "or the parent folder of a sweep" in flat(res) and "infoflow report" in flat(res)
+    parent = tmp_path / "one_run_sweep"
+    write_run(str(parent / "wd0" / "version_0"), [[1.0] * 7, [1.0] * 7], SENTENCES, {}, 0.5)
+    res = invoke("compare", str(parent), "--no-progress")
+    assert res.exit_code == 2 and f"found 1 under {str(parent)!r}" in flat(res)
     res = invoke("compare", sweep, "--metric", "val/f1", "--no-progress", "--out", str(tmp_path / "x"))
     assert res.exit_code == 1 and "not every run logged 'val/f1'" in flat(res) and "val/acc" in flat(res)
     res = invoke("compare", sweep, str(tmp_path / "missing"))

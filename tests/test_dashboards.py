@@ -27,6 +27,7 @@ from lit_helpers import TinyClassifier, loaders, probe_ids
 from PIL import Image
 
 from lightning_infoflow import EstimatorConfig, InfoFlowCallback, InfoFlowResult
+from lightning_infoflow.lightning.sinks import INTERVAL_BOUNDS, MEASURES
 
 LAYERS = ("model.rnns.0", "model.rnns.1")
 RUNS = 1 + len(LAYERS)  # the logger's run and one per layer
@@ -102,7 +103,7 @@ def tensorboard(logdir: str, log_path: str) -> Iterator[tuple[str, subprocess.Po
 @pytest.mark.integration
 def test_tensorboard_server_serves_infoflow_scalars_layout_and_images(tb_run, tmp_path):
     with tensorboard(tb_run["logdir"], str(tmp_path / "tensorboard.log")) as (base, proc):
-        measures = {f"infoflow/{m}" for m in ("information", "entropy", "effective_words", "loss")}
+        measures = {f"infoflow/{m}" for m in MEASURES}
         layer_runs = {layer: f"version_0/infoflow/tb/{layer}" for layer in LAYERS}
         tags = _wait_for(base, lambda: all(measures <= (t := _json(base, "/data/plugin/scalars/tags")).get(r, {}).keys()
                                            for r in layer_runs.values()) and t, proc)
@@ -125,12 +126,26 @@ def test_tensorboard_server_serves_infoflow_scalars_layout_and_images(tb_run, tm
         layout = _json(base, "/data/plugin/custom_scalars/layout")
         assert [c["title"] for c in layout["category"]] == ["infoflow"]
         (category,) = layout["category"]
-        charts = {c["title"]: c["multiline"]["tag"] for c in category["chart"]}
+        charts = {c["title"]: c["multiline"]["tag"] for c in category["chart"] if "multiline" in c}
         (info_chart,) = [v for k, v in charts.items() if k.startswith("information per word")]
         matched = sorted(r for r, run_tags in tags.items() for t in run_tags
                          if any(re.search(rx, t) for rx in info_chart))
         assert matched == sorted(layer_runs.values())
-        assert len(charts) == 4
+        assert len(charts) == len(MEASURES) - len(INTERVAL_BOUNDS)  # the bounds are drawn in the margin chart
+        (margin,) = [c["margin"]["series"] for c in category["chart"] if "margin" in c]
+        assert margin == [{"value": "infoflow/information", "lower": "infoflow/information_low",
+                           "upper": "infoflow/information_high"}]
+        for i, layer in enumerate(LAYERS):  # each layer's run serves the band around its line
+            low, high = (_json(base, "/data/plugin/scalars/scalars", run=layer_runs[layer], tag=f"infoflow/{b}")
+                         for b in INTERVAL_BOUNDS)
+            values = [float(r.layer_information[i]) for r in results]
+            assert all(lo[2] <= v <= hi[2] and lo[2] < hi[2] for lo, v, hi in zip(low, values, high))
+
+        # the guidance at the end of training, on the text dashboard of the logger's run
+        text_tag = "infoflow/findings/text_summary"  # torch's SummaryWriter.add_text adds the suffix
+        assert _json(base, "/data/plugin/text/tags")[run] == [text_tag]
+        (entry,) = _json(base, "/data/plugin/text/text", run=run, tag=text_tag)
+        assert entry["step"] == steps[-1] and "guidance at step 6" in entry["text"]
 
         # images: heatmaps of two probe sentences and the curves, at every analysis, each a decodable PNG
         image_tags = _json(base, "/data/plugin/images/tags")[run]

@@ -268,7 +268,8 @@ def test_run_id_in_every_result_and_kept_on_resume(tmp_path):
 
     resumed = InfoFlowCallback(probe_ids(), **kw)
     logger2 = CSVLogger(tmp_path, name="resumed")
-    _fit(_trainer(tmp_path, [resumed], logger=logger2, max_steps=6), ckpt_path=str(tmp_path / "ckpt" / "epoch=0-step=2.ckpt"))
+    _fit(_trainer(tmp_path, [resumed], logger=logger2, max_steps=6),
+         ckpt_path=str(tmp_path / "ckpt" / "epoch=0-step=2.ckpt"))
     assert resumed.state.run_id == run_id and resumed.state.steps == [0, 2, 4, 6]
     assert InfoFlowResult.load(os.path.join(logger2.log_dir, "infoflow", "results", "step_00000006.pt")).meta[
         "run_id"] == run_id

@@ -110,10 +110,12 @@ def test_measures_are_defined_on_the_console_and_in_html(tmp_path):
     res = invoke("report", run, "--out", str(out), "--no-progress")
     assert res.exit_code == 0, res.output
     text = " ".join(res.output.split())
-    assert "effective words: over how many words of a sentence the layer's information is spread" in text
+    assert "effective words: over how many words of a sentence the layer's precision is spread: exp of the entropy" \
+        in text
     assert "mean entropy: the uncertainty left about a word" in text
+    assert "±: after a value: its standard error, from a bootstrap over the probe sentences" in text
     page = (out / "report.html").read_text()
-    for measure in ("information (nats/word)", "effective words", "mean entropy", "peak step"):
+    for measure in ("information (nats/word)", "effective words", "mean entropy", "peak step", "±"):
         assert f"<dt>{measure}</dt>" in page
 
 

@@ -40,11 +40,16 @@ class InfoFlowCallback(Callback):
     on a fixed probe with the weights of that step (warm-started from the previous analysis) and logs,
     under its namespace ``name`` (default ``infoflow``), at ``step = trainer.global_step``:
 
-    - scalars per layer: ``<name>/information/<layer>`` (mean information per word, nats),
-      ``<name>/entropy/<layer>``, ``<name>/effective_words/<layer>``, ``<name>/loss/<layer>`` and
-      ``<name>/analysis_seconds``, to every logger and ``trainer.callback_metrics``;
+    - scalars per layer, ``<name>/<measure>/<layer>``: ``information`` (mean information per word, nats),
+      its standard error ``information_se`` (bootstrap over probe sentences, estimator noise included), its
+      90% interval ``information_low``/``information_high``, ``noise_se`` (the estimator's noise alone),
+      ``entropy``, ``effective_words`` (exp entropy of the words' shares of the precision 1/sigma^2),
+      ``log_sigma`` (free of sigma_max), ``state_spread`` (near 0: collapsed) and ``loss``; and
+      ``<name>/analysis_seconds``; to every logger and ``trainer.callback_metrics``;
     - figures: a layers x words heatmap per probe sentence (up to ``heatmaps``) and the information of
-      every layer against step (see :mod:`lightning_infoflow.lightning.sinks` for each logger);
+      every layer against step with its 90% band (see :mod:`lightning_infoflow.lightning.sinks`);
+    - at the end of training, the guidance rules' findings (TensorBoard text, W&B run summary, else
+      ``<log_dir>/<name>/findings.md``);
     - each result, ``<log_dir>/<name>/results/step_XXXXXXXX.pt`` (written atomically), a plain dict that
       ``torch.load(path, weights_only=True)`` reads; its ``meta`` holds ``name``, ``step`` and ``run_id``.
 
@@ -281,6 +286,7 @@ class InfoFlowCallback(Callback):
             self._analyse(trainer, pl_module)
         self._budget.stop()
         if self._enabled and trainer.is_global_zero:
+            self._publisher.publish_findings(trainer, self.state)
             self._publisher.finish(trainer)
         if self._enabled and trainer.world_size > 1:
             # every rank waits for rank 0's last analysis and logging before the process group goes away

@@ -22,6 +22,8 @@ from lightning_infoflow.core.files import atomic_write, check_writable
 from lightning_infoflow.core.result import InfoFlowResult
 from lightning_infoflow.lightning.hooks import HookOutput
 from lightning_infoflow.lightning.sinks import MEASURES, Figures, Sinks, logger_dir
+from lightning_infoflow.lightning.state import Curves, RunState
+from lightning_infoflow.reporting.tables import INTERVAL_LEVEL
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -30,6 +32,19 @@ if TYPE_CHECKING:
 def result_path(folder: str, name: str, step: int) -> str:
     """Where the result of the analysis at ``step`` goes under one logger's run folder."""
     return os.path.join(folder, name, "results", f"step_{step:08d}.pt")
+
+
+def layer_measures(result: InfoFlowResult) -> dict[str, Tensor]:
+    """Each per-layer measure of one result, ``[L]`` by name: the information with its standard errors and
+    :data:`~lightning_infoflow.reporting.tables.INTERVAL_LEVEL` interval (over probe sentences and the
+    estimator's noise), entropy, effective words, mean log sigma, state spread and the estimator's loss."""
+    low, high = result.layer_information_interval(INTERVAL_LEVEL, source="probe")
+    nan = torch.full((len(result.layer_names),), float("nan"))
+    values = {"information": result.layer_information, "information_se": result.layer_information_se,
+              "information_low": low, "information_high": high, "noise_se": result.noise_se,
+              "entropy": result.mean_entropy, "effective_words": result.effective_words,
+              "log_sigma": result.layer_log_sigma, "state_spread": result.state_spread, "loss": result.loss}
+    return {m: nan if v is None else v for m, v in values.items()}
 
 
 class Publisher:
@@ -66,15 +81,15 @@ class Publisher:
         return self._run_dirs[0]
 
     def scalars(self, result: InfoFlowResult, seconds: float) -> dict[str, float]:
-        values = {"information": result.layer_information, "entropy": result.mean_entropy,
-                  "effective_words": result.effective_words, "loss": result.loss}
-        out = {f"{self.name}/{m}/{layer}": float(values[m][i])  # type: ignore[index]
+        """``<name>/<measure>/<layer>`` for every measure of :data:`~lightning_infoflow.lightning.sinks.MEASURES`
+        (the same keys at every analysis; NaN where a value is unknown), and ``<name>/analysis_seconds``."""
+        values = layer_measures(result)
+        out = {f"{self.name}/{m}/{layer}": float(values[m][i])
                for m in MEASURES for i, layer in enumerate(result.layer_names)}
         out[f"{self.name}/analysis_seconds"] = seconds
         return out
 
-    def publish(self, trainer: Trainer, result: InfoFlowResult, curves: tuple[list[int], Tensor],
-                extra: HookOutput) -> None:
+    def publish(self, trainer: Trainer, result: InfoFlowResult, curves: Curves, extra: HookOutput) -> None:
         """``trainer.callback_metrics``, the result file, the figures, then one write per logger."""
         step = int(result.meta["step"])
         scalars = self.scalars(result, float(result.meta.get("seconds", 0.0)))
@@ -91,6 +106,31 @@ class Publisher:
         for fig, _ in figures.values():
             fig.clear()
 
+    def publish_findings(self, trainer: Trainer, state: RunState) -> None:
+        """The guidance rules over the run's history, as Markdown, to every logger (rank 0, end of training).
+
+        The same single-run rules as ``infoflow report`` (:func:`~lightning_infoflow.reporting.findings.
+        history_findings`), with the LightningModule's hyperparameters; a failure is a warning.
+        """
+        if not state.steps:
+            return
+        step = state.steps[-1]
+
+        def write() -> None:
+            from lightning_infoflow.reporting.logs import flatten
+            from lightning_infoflow.reporting.markdown import findings_markdown
+
+            module = trainer.lightning_module
+            hparams = flatten(dict(module.hparams)) if module is not None else {}
+            markdown = findings_markdown(state.findings(hparams),
+                                         f"{self.name}: guidance at step {step} ({len(state.steps)} analyses)")
+            for logger, folder in zip(trainer.loggers, self._run_dirs):
+                here = os.path.join(folder, self.name)
+                self._attempt(f"write the findings to {type(logger).__name__}", step,
+                              lambda lg=logger, d=here: self.sinks.log_findings(lg, markdown, step, d))
+
+        self._attempt("apply the guidance rules", step, write)
+
     def finish(self, trainer: Trainer) -> None:
         """Training ended: let each logger's writer close what it opened (rank 0)."""
         self._attempt("close the loggers' writers", -1, lambda: self.sinks.finish(trainer.loggers))
@@ -102,17 +142,18 @@ class Publisher:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         atomic_write(path, lambda f: torch.save(content, f))
 
-    def figures(self, result: InfoFlowResult, curves: tuple[list[int], Tensor], extra: HookOutput) -> Figures:
+    def figures(self, result: InfoFlowResult, curves: Curves, extra: HookOutput) -> Figures:
         from lightning_infoflow.reporting import figures
 
         out: dict[str, tuple[Figure, str]] = {}
         for b in range(min(self.heatmaps, result.sigma.shape[1])):
             out[f"{self.name}/heatmap/sentence_{b}"] = (figures.information_heatmap(result, b),
                                                         " ".join(result.words(b)))
-        steps, information = curves
-        if steps:
-            out[f"{self.name}/curves"] = (figures.information_curves(steps, information, result.layer_names),
-                                          "information per layer against step")
+        if curves.steps:
+            out[f"{self.name}/curves"] = (
+                figures.information_curves(curves.steps, curves.information, result.layer_names, se=curves.se),
+                "information per layer against step; band: 90% interval (+/- 1.645 standard errors over the probe "
+                "sentences)")
         out.update({f"{self.name}/{tag}": value for tag, value in extra.figures.items()})
         return out
 

@@ -5,7 +5,9 @@ Lightning has no common image API, so each logger type has a :class:`LoggerWrite
 measure, and ``add_figure``), Weights & Biases (one history row per analysis, scalars and images
 together, against the step metric ``<name>/step``), MLflow (``log_figure``); every other logger
 (CSVLogger included) gets its scalars through ``log_metrics`` and its figures as PNG files under
-``<log_dir>/<name>/images``. A logger type without a registered writer
+``<log_dir>/<name>/images``. At the end of training the guidance (findings) goes to TensorBoard's text
+plugin (``<name>/findings``), the W&B run summary (``<name>/findings``), and for other loggers to
+``<log_dir>/<name>/findings.md``. A logger type without a registered writer
 uses that default and is warned about once. Register a writer for your own logger with
 :func:`register_writer`::
 
@@ -38,10 +40,20 @@ Figures = Mapping[str, tuple["Figure", str]]
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 MEASURES = {
     "information": "information per word (nats), all layers",
+    "information_se": "standard error of the information per word (nats; bootstrap over probe sentences), all layers",
+    "information_low": "lower end of the information's 90% interval (nats), all layers",
+    "information_high": "upper end of the information's 90% interval (nats), all layers",
+    "noise_se": "standard error of the information from the estimator's noise alone (nats), all layers",
     "entropy": "mean word entropy (nats), all layers",
-    "effective_words": "effective number of words, all layers",
+    "effective_words": "effective number of words (exp entropy of the precision shares), all layers",
+    "log_sigma": "mean log sigma per word (nats per dimension; free of sigma_max), all layers",
+    "state_spread": "state spread over the probe (near 0: collapsed), all layers",
     "loss": "estimator loss, all layers",
 }
+"""Per-layer measures, logged as ``<name>/<measure>/<layer>``, and the title of each one's TensorBoard chart."""
+INTERVAL_BOUNDS = ("information_low", "information_high")
+"""Measures drawn as the band of the information's margin chart, not as charts of their own."""
+MARGIN_CHART = "information per word with its 90% interval (nats), all layers"
 
 
 class LoggerWriter:
@@ -69,6 +81,12 @@ class LoggerWriter:
 
     def log_figures(self, logger: Logger, figures: Figures, step: int, image_dir: str) -> None:
         save_pngs(figures, image_dir, step)
+
+    def log_findings(self, logger: Logger, namespace: str, markdown: str, step: int, folder: str) -> None:
+        """The guidance at the end of training, as Markdown: here ``folder/findings.md`` (written atomically);
+        ``folder`` is ``<log_dir>/<name>``."""
+        os.makedirs(folder, exist_ok=True)
+        atomic_write(os.path.join(folder, "findings.md"), lambda f: f.write(markdown.encode("utf-8") + b"\n"))
 
     def finish(self, logger: Logger, namespace: str) -> None:
         """Called once when training ends: close what :meth:`log_analysis` opened."""
@@ -114,6 +132,12 @@ class TensorBoardWriter(LoggerWriter):
             logger.experiment.add_figure(tag, fig, global_step=step, close=False)
         logger.experiment.flush()
 
+    def log_findings(self, logger: Logger, namespace: str, markdown: str, step: int, folder: str) -> None:
+        """TensorBoard's text plugin, tag ``<name>/findings`` in the logger's own run."""
+        assert isinstance(logger, TensorBoardLogger)
+        logger.experiment.add_text(f"{namespace}/findings", markdown, global_step=step)
+        logger.experiment.flush()
+
     def finish(self, logger: Logger, namespace: str) -> None:
         assert isinstance(logger, TensorBoardLogger)
         for run in self._runs.pop((logger.log_dir, namespace), {}).values():
@@ -143,6 +167,11 @@ class WandbWriter(LoggerWriter):
         row: dict[str, Any] = {**scalars, f"{namespace}/step": step, "trainer/global_step": step}
         row.update({tag: wandb.Image(figure_to_pil(fig), caption=caption) for tag, (fig, caption) in figures.items()})
         logger.experiment.log(row)
+
+    def log_findings(self, logger: Logger, namespace: str, markdown: str, step: int, folder: str) -> None:
+        """The run summary's ``<name>/findings`` (shown on the run's overview page)."""
+        assert isinstance(logger, WandbLogger)
+        logger.experiment.summary[f"{namespace}/findings"] = markdown
 
 
 class MLFlowWriter(LoggerWriter):
@@ -197,9 +226,13 @@ def logger_dir(logger: Logger, fallback: str) -> str:
 
 
 def custom_scalars_layout(namespace: str) -> dict[str, Any]:
-    """TensorBoard custom-scalars layout: one multi-line chart per measure, a line per layer's run."""
+    """TensorBoard custom-scalars layout: one multi-line chart per measure, a line per layer's run, and a
+    margin chart of the information with its interval as the band (a band per layer's run)."""
     prefix = re.escape(namespace)
-    return {namespace: {title: ["Multiline", [rf"^{prefix}/{measure}$"]] for measure, title in MEASURES.items()}}
+    charts: dict[str, Any] = {title: ["Multiline", [rf"^{prefix}/{measure}$"]]
+                              for measure, title in MEASURES.items() if measure not in INTERVAL_BOUNDS}
+    charts[MARGIN_CHART] = ["Margin", [f"{namespace}/information", *(f"{namespace}/{b}" for b in INTERVAL_BOUNDS)]]
+    return {namespace: charts}
 
 
 def split_per_layer(scalars: Mapping[str, float], namespace: str) -> tuple[dict[tuple[str, str], float],
@@ -245,6 +278,10 @@ class Sinks:
             writer.log_layout(logger, self.namespace)
             self._layout_written.add(id(logger))
         writer.log_analysis(logger, self.namespace, scalars, figures, step, image_dir)
+
+    def log_findings(self, logger: Logger, markdown: str, step: int, folder: str) -> None:
+        """The guidance at the end of training to one logger (``folder``: ``<its log_dir>/<name>``)."""
+        self.writer(logger).log_findings(logger, self.namespace, markdown, step, folder)
 
     def finish(self, loggers: Sequence[Logger]) -> None:
         for logger in loggers:

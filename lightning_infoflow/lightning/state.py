@@ -6,7 +6,7 @@ them), so that ``fit(ckpt_path=...)`` continues the curves of the same run.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 import torch
 from lightning.pytorch import Trainer
@@ -15,8 +15,19 @@ from torch import Tensor
 
 from lightning_infoflow.core.result import InfoFlowResult
 
+if TYPE_CHECKING:
+    from lightning_infoflow.analysis.finding import Finding
+
 #: metrics that hold the training loss when ``training_step`` returns none (manual optimisation)
 LOSS_KEYS = ("train_loss", "train/loss", "loss")
+
+
+class Curves(NamedTuple):
+    """The run so far: analysed steps, ``[analyses, layers]`` information and its standard error."""
+
+    steps: list[int]
+    information: Tensor
+    se: Tensor
 
 
 class RunState:
@@ -26,9 +37,11 @@ class RunState:
         run_id: uuid4 hex of the run, created at its first analysis; ``None`` before.
         last_step: the last step whose analysis finished (or was skipped on purpose); -1 before the first.
         steps: steps of the successful analyses; ``history[i]`` is the information per layer at ``steps[i]``
-            and ``noise_se[i]`` its standard error from the estimator's own noise (NaN when unknown).
+            and ``noise_se[i]`` its standard error from the estimator's own noise (NaN when unknown),
+            ``information_se[i]`` its standard error over probe sentences and noise (``layer_information_se``).
         layer_names: the result's row names.
         previous: the last result, the warm start of the next analysis (``None``: the next one starts cold).
+        last: the last successful result (kept when a failure clears ``previous``); ``None`` before the first.
     """
 
     def __init__(self) -> None:
@@ -37,9 +50,11 @@ class RunState:
         self.steps: list[int] = []
         self.history: list[Tensor] = []
         self.noise_se: list[Tensor] = []
+        self.information_se: list[Tensor] = []
         self.losses: list[float] = []
         self.layer_names: list[str] = []
         self.previous: Optional[InfoFlowResult] = None
+        self.last: Optional[InfoFlowResult] = None
         self.failures = 0
         self.skipped = 0
         self._loss_sum: Optional[Tensor] = None
@@ -57,17 +72,31 @@ class RunState:
             self.steps.pop()
             self.history.pop()
             self.noise_se.pop()
+            self.information_se.pop()
             self.losses.pop()
-        self.previous = result
+        self.previous = self.last = result
         self.steps.append(step)
         self.history.append(result.layer_information.clone())
         self.noise_se.append(result.noise_se.clone() if result.noise_se is not None
                              else torch.full_like(self.history[-1], float("nan")))
+        self.information_se.append(result.layer_information_se.clone())
         self.losses.append(self._training_loss(trainer))
 
-    def curves(self) -> tuple[list[int], Tensor]:
-        """Steps and ``[analyses, layers]`` information so far."""
-        return list(self.steps), torch.stack(self.history) if self.history else torch.zeros(0)
+    def curves(self) -> Curves:
+        """Steps, ``[analyses, layers]`` information and its standard error (``layer_information_se``) so far."""
+        if not self.history:
+            return Curves([], torch.zeros(0), torch.zeros(0))
+        return Curves(list(self.steps), torch.stack(self.history), torch.stack(self.information_se))
+
+    def findings(self, hparams: Optional[dict[str, Any]] = None) -> list[Finding]:
+        """The single-run guidance rules over the history so far (as ``infoflow report`` applies them to the
+        saved run); empty before the first analysis."""
+        if self.last is None or not self.history:
+            return []
+        from lightning_infoflow.reporting.findings import history_findings
+
+        return history_findings(self.steps, torch.stack(self.history), torch.stack(self.noise_se), self.losses,
+                                self.last, hparams=hparams)
 
     def _training_loss(self, trainer: Trainer) -> float:
         """Mean training loss since the previous analysis (or a logged loss when steps return none)."""
@@ -100,6 +129,7 @@ class RunState:
             "history_steps": list(self.steps),
             "history": torch.stack(self.history) if self.history else torch.zeros(0),
             "noise_se": torch.stack(self.noise_se) if self.noise_se else torch.zeros(0),
+            "information_se": torch.stack(self.information_se) if self.information_se else torch.zeros(0),
             "losses": list(self.losses),
             "layer_names": list(self.layer_names),
             "previous": prev.to_dict() if prev is not None else None,
@@ -116,9 +146,12 @@ class RunState:
         noise_se = state.get("noise_se")
         self.noise_se = (list(noise_se) if noise_se is not None and noise_se.numel()
                          else [torch.full_like(h, float("nan")) for h in self.history])
+        information_se = state.get("information_se")  # absent from checkpoints written before the field
+        self.information_se = (list(information_se) if information_se is not None and information_se.numel()
+                               else [torch.full_like(h, float("nan")) for h in self.history])
         self.losses = [float(v) for v in state.get("losses", [float("nan")] * len(self.history))]
         self.layer_names = list(state["layer_names"])
         prev = state.get("previous")
-        self.previous = InfoFlowResult.from_dict(prev) if prev is not None else None
+        self.previous = self.last = InfoFlowResult.from_dict(prev) if prev is not None else None
         self.failures = int(state.get("failures", 0))
         self.skipped = int(state.get("skipped", 0))

@@ -21,6 +21,7 @@ from rich.text import Text
 from lightning_infoflow.analysis.guidance import Finding
 from lightning_infoflow.reporting.runs import Progress as ProgressFactory
 from lightning_infoflow.reporting.tables import (
+    Estimate,
     Table,
     cell,
     definitions,
@@ -78,6 +79,8 @@ def progress_bars(enabled: bool = True) -> Iterator[ProgressFactory]:
 
 
 def _numeric(value: object) -> bool:
+    if isinstance(value, Estimate):
+        return True
     if isinstance(value, bool):
         return False
     return isinstance(value, (int, float)) or isinstance(value, str) and value[:2].lstrip("+-")[:1].isdigit()

@@ -18,6 +18,8 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from lightning_infoflow.core.result import InfoFlowResult
+from lightning_infoflow.core.uncertainty import normal_quantile
+from lightning_infoflow.reporting.tables import INTERVAL_LEVEL
 
 Series = Mapping[str, tuple[Sequence[float], Sequence[float]]]
 """Lines to draw: a label to its ``(x, y)`` values."""
@@ -53,10 +55,18 @@ def _from_zero(ax: Axes, values: Sequence[float]) -> None:
         ax.set_ylim(bottom=0, top=max(max(finite) * 1.05, 1e-9))
 
 
-def _lines(ax: Axes, series: Series, ylabel: str, markersize: float = 3, title: str = "") -> None:
-    """One line with markers per series, a grid and a legend; the y axis from 0 (:func:`_from_zero`)."""
+def _lines(ax: Axes, series: Series, ylabel: str, markersize: float = 3, title: str = "",
+           bands: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None) -> None:
+    """One line with markers per series, a grid and a legend; the y axis from 0 (:func:`_from_zero`).
+
+    ``bands`` maps a series to ``(low, high)`` per point: a shaded band in the line's colour (points where
+    either end is NaN leave a gap)."""
+    bands = bands or {}
     for name, (x, y) in series.items():
-        ax.plot(list(x), [float(v) for v in y], marker="o", markersize=markersize, label=name)
+        (line,) = ax.plot(list(x), [float(v) for v in y], marker="o", markersize=markersize, label=name)
+        if name in bands:
+            low, high = ([float(v) for v in b] for b in bands[name])
+            ax.fill_between(list(x), low, high, color=line.get_color(), alpha=0.2, linewidth=0)
     _from_zero(ax, [float(v) for _x, y in series.values() for v in y])
     ax.set_ylabel(ylabel)
     if title:
@@ -138,18 +148,30 @@ def word_information_by_run(rows: Mapping[str, Sequence[float]], words: Sequence
 
 
 def information_curves(steps: Sequence[int], information: Tensor, layer_names: Sequence[str],
-                       ylabel: str = "mean information per word (nats)", ax: Axes | None = None) -> Figure:
+                       se: Tensor | None = None, ax: Axes | None = None,
+                       ylabel: str = "mean information per word (nats)") -> Figure:
     """Information of every layer against training step (Fig. 9): ``information`` is ``[len(steps), L]``.
+
+    ``se`` (``[len(steps), L]``, e.g. ``layer_information_se`` per analysis) adds a shaded band of
+    ``+/- z * se`` around each line, the :data:`~lightning_infoflow.reporting.tables.INTERVAL_LEVEL` (90%)
+    normal interval (``z = 1.645``); a NaN standard error leaves a gap in the band.
 
     Example::
 
-        >>> fig = information_curves([0, 5], torch.tensor([[1.0, 2.0], [3.0, 1.0]]), ["l0", "l1"])
-        >>> [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-        ['l0', 'l1']
+        >>> fig = information_curves([0, 5], torch.tensor([[1.0, 2.0], [3.0, 1.0]]), ["l0", "l1"],
+        ...                          se=torch.tensor([[0.1, 0.2], [0.1, 0.2]]))
+        >>> [t.get_text() for t in fig.axes[0].get_legend().get_texts()], len(fig.axes[0].collections)
+        (['l0', 'l1'], 2)
     """
     fig, ax = _axes(ax, (6.0, 3.6))
-    info = torch.as_tensor(information)
-    _lines(ax, {name: (list(steps), info[:, i].tolist()) for i, name in enumerate(layer_names)}, ylabel)
+    info = torch.as_tensor(information, dtype=torch.float32)
+    series = {name: (list(steps), info[:, i].tolist()) for i, name in enumerate(layer_names)}
+    bands = {}
+    if se is not None:
+        half = normal_quantile(INTERVAL_LEVEL) * torch.as_tensor(se, dtype=torch.float32)
+        bands = {name: ((info[:, i] - half[:, i]).tolist(), (info[:, i] + half[:, i]).tolist())
+                 for i, name in enumerate(layer_names)}
+    _lines(ax, series, ylabel, bands=bands)
     _step_axis(ax, steps)
     return fig
 

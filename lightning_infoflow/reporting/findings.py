@@ -4,9 +4,13 @@ that ranks the runs of a sweep."""
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
+from typing import Any
+
+from torch import Tensor
 
 from lightning_infoflow.analysis import guidance
 from lightning_infoflow.analysis.guidance import Finding
+from lightning_infoflow.core.result import InfoFlowResult
 from lightning_infoflow.reporting.runs import Run, RunError
 
 SCORE_HINTS = ("acc", "mcc", "f1", "auc", "auroc", "precision", "recall", "corr")
@@ -15,25 +19,44 @@ SCORE_HINTS = ("acc", "mcc", "f1", "auc", "auroc", "precision", "recall", "corr"
 
 def run_findings(run: Run, stop_words: Collection[str] = guidance.STOP_WORDS, label: str | None = None,
                  absolute_bar: bool = True, absolute: float = guidance.TOO_LITTLE_ABSOLUTE) -> list[Finding]:
-    """The single-run rules on one run: too little information (the absolute bar, when ``absolute_bar``),
-    information collapses over the history, noisy use of words at the last analysis, and phases.
+    """The single-run rules (:func:`history_findings`) on one loaded run.
 
     ``label`` names the run in the findings (``None`` for a report on one run).
     """
-    names = run.layer_names
-    info = run.aligned_history()
-    findings: list[Finding] = guidance.collapsed_layers(run.last, run=label)
+    return history_findings(run.steps, run.aligned_history(), run.aligned_history("noise_se"), run.loss_history(),
+                            run.last, hparams=run.hparams, stop_words=stop_words, label=label,
+                            absolute_bar=absolute_bar, absolute=absolute)
+
+
+def history_findings(steps: Sequence[int], information: Tensor | None, se: Tensor | None, losses: Sequence[float],
+                     last: InfoFlowResult, *, hparams: Mapping[str, Any] | None = None,
+                     stop_words: Collection[str] = guidance.STOP_WORDS, label: str | None = None,
+                     absolute_bar: bool = True, absolute: float = guidance.TOO_LITTLE_ABSOLUTE) -> list[Finding]:
+    """The single-run rules over one run's history: collapsed layers at the last analysis, too little
+    information (the absolute bar, when ``absolute_bar``), information collapses over the history, noisy use
+    of words at the last analysis, and phases. Used by the reports and by the callback at the end of training.
+
+    Args:
+        steps: the analysed steps.
+        information: ``[len(steps), L]`` information per layer, ``None`` when the layers changed between
+            analyses (no rule over the history then).
+        se: ``[len(steps), L]`` standard error of each value from the estimator's noise (``noise_se``), or ``None``.
+        losses: training loss at each analysis (NaN where unknown).
+        last: the last analysis.
+        hparams: the run's flat hyperparameters, to name the regularisation to change.
+        label: names the run in the findings (``None`` for one run).
+    """
+    steps, names = list(steps), list(last.layer_names)
+    findings: list[Finding] = guidance.collapsed_layers(last, run=label)
     if absolute_bar:
-        key = label or run.name
-        findings += guidance.too_little_information({key: run.last}, {key: run.hparams}, absolute=absolute)
-    if info is not None:
-        se = run.aligned_history("noise_se")
-        findings += guidance.collapse_findings(run.steps, info, run.loss_history(), names, run=label,
-                                               embedding_dim=run.last.embedding_dim, se=se)
-    findings += guidance.noisy_word_use(run.last, stop_words, run=label)
-    if info is not None:
-        findings += guidance.information_phases(run.steps, info, names, se=run.aligned_history("noise_se"),
-                                                run=label)
+        key = label or "run"
+        findings += guidance.too_little_information({key: last}, {key: dict(hparams or {})}, absolute=absolute)
+    if information is not None:
+        findings += guidance.collapse_findings(steps, information, list(losses), names, run=label,
+                                               embedding_dim=last.embedding_dim, se=se)
+    findings += guidance.noisy_word_use(last, stop_words, run=label)
+    if information is not None:
+        findings += guidance.information_phases(steps, information, names, se=se, run=label)
     return findings
 
 

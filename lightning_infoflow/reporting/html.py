@@ -151,8 +151,10 @@ def _run_curves(page: HtmlPage, run: Run, advance: Callable[[], None]) -> None:
     if len(run.results) < 2:
         page.text(f"One analysis (step {run.steps[0]}): no curves against step, they need two analyses or more.")
     elif info is not None:
-        page.figure(figures.information_curves(run.steps, info, run.layer_names), "information_curves",
-                    "mean information per word of every layer against step (Fig. 9)")
+        page.figure(figures.information_curves(run.steps, info, run.layer_names,
+                                               se=run.history("layer_information_se")), "information_curves",
+                    "mean information per word of every layer against step (Fig. 9); the band is its 90% "
+                    "interval, +/- 1.645 standard errors (bootstrap over the probe sentences)")
         advance()
         page.figure(figures.information_curves(run.steps, run.history("effective_words"), run.layer_names,
                                                ylabel="effective words"),

@@ -15,26 +15,45 @@ from lightning_infoflow.reporting.runs import Run
 
 INFORMATION = "information (nats/word)"
 EFFECTIVE_WORDS = "effective words"
+PLUS_MINUS = "±"
+INTERVAL_LEVEL = 0.9
+"""Probability of the intervals the package states: logged ``information_low/high`` and the curves' bands,
+``+/- 1.645`` standard errors."""
 MEASURES: dict[str, str] = {
     INFORMATION: "how much of a word the layer keeps, K log(sigma_max / sigma) nats (Eq. 7: sigma is the noise "
                  "the layer's state tolerates on the word's embedding, K the embedding size; 0 when the layer "
                  "ignores the word), averaged over every word of the probe sentences",
+    PLUS_MINUS: "after a value: its standard error, from a bootstrap over the probe sentences (how much the value "
+                "would move with another probe of as many sentences), which includes the estimator's own noise; "
+                "value +/- 1.645 x SE is a 90% interval, the band drawn around the curves",
     "peak information": "the highest information (nats/word) of the layer over all analyses of the run",
     "peak step": "the optimizer step of the analysis where the layer's information peaked",
-    EFFECTIVE_WORDS: "over how many words of a sentence the layer's information is spread, (sum I)^2 / sum I^2 "
-                     "over the sentence's words (the participation ratio), averaged over the probe sentences: "
-                     "the sentence length when every word counts the same, 1 when one word holds it all, 0 when "
-                     "the layer keeps nothing",
+    EFFECTIVE_WORDS: "over how many words of a sentence the layer's precision is spread: exp of the entropy of each "
+                     "word's share of the precision 1 / sigma^2 (a word the layer keeps sharply, small sigma, has a "
+                     "large share), averaged over the probe sentences; the sentence length when every word is "
+                     "kept alike, 1 when one word holds it all. Free of sigma_max; result files written before this "
+                     "definition held the participation ratio of the information instead, not comparable with it",
     "mean entropy": "the uncertainty left about a word given the layer's state, H(X_i | s) in nats (Eq. 6), "
                     "averaged over the words; the higher, the less the layer keeps",
 }
-"""What each measure a report shows means, by its column or axis name."""
+"""What each measure a report shows means, by its column or axis name (``±`` where a cell is an
+:class:`Estimate`)."""
 
 
 def definitions(tables: Sequence[Table]) -> list[tuple[str, str]]:
     """``(measure, definition)`` for every measure of :data:`MEASURES` the tables show, once each."""
     shown = dict.fromkeys(h for t in tables for h in t.header if h in MEASURES)
+    if any(isinstance(c, Estimate) for t in tables for row in t.rows for c in row):
+        shown[PLUS_MINUS] = None
     return [(name, MEASURES[name]) for name in shown]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A value with its standard error, shown as ``value ± se`` (:func:`cell`)."""
+
+    value: float
+    se: float
 
 
 @dataclass(frozen=True)
@@ -52,7 +71,11 @@ def cell(value: Any) -> str:
 
     >>> cell(0.123456), cell(float("nan")), cell(None), cell(3)
     ('0.1235', '—', '—', '3')
+    >>> cell(Estimate(251.234, 0.4321)), cell(Estimate(2.5, float("nan")))
+    ('251.2 ± 0.43', '2.5')
     """
+    if isinstance(value, Estimate):
+        return cell(value.value) + ("" if math.isnan(value.se) else f" ± {value.se:.2g}")
     if isinstance(value, float):
         return "—" if math.isnan(value) else f"{value:.4g}"
     return "—" if value is None else str(value)
@@ -71,16 +94,18 @@ def warnings(findings: Sequence[Finding]) -> list[Finding]:
 
 
 def layer_table(run: Run) -> Table:
-    """Per layer at the last analysis: information, its peak and step, effective words, mean entropy."""
+    """Per layer at the last analysis: information ± its standard error, its peak and step, effective words,
+    mean entropy."""
     last, info = run.last, run.aligned_history()
+    se = last.layer_information_se
     rows = []
     for i, name in enumerate(last.layer_names):
         peak, peak_step = float("nan"), None
         if info is not None:
             k = int(torch.nan_to_num(info[:, i], nan=-math.inf).argmax())
             peak, peak_step = float(info[k, i]), run.steps[k]
-        rows.append([name, float(last.layer_information[i]), peak, peak_step, float(last.effective_words[i]),
-                     float(last.mean_entropy[i])])
+        rows.append([name, Estimate(float(last.layer_information[i]), float(se[i])), peak, peak_step,
+                     float(last.effective_words[i]), float(last.mean_entropy[i])])
     header = ["layer", INFORMATION, "peak information", "peak step", EFFECTIVE_WORDS, "mean entropy"]
     return Table(f"Layers at step {run.steps[-1]} (the last analysis)", header, rows)
 
@@ -122,6 +147,11 @@ def by_layer(run: Run, layer: str, measure: str) -> float:
     return float(getattr(run.last, measure)[names.index(layer)]) if layer in names else float("nan")
 
 
+def information_of(run: Run, layer: str) -> Estimate:
+    """The run's information at one layer of its last analysis, with its standard error (NaN where it lacks it)."""
+    return Estimate(by_layer(run, layer, "layer_information"), by_layer(run, layer, "layer_information_se"))
+
+
 def compare_tables(runs: Sequence[Run]) -> list[Table]:
     """The tables of a comparison: runs (differing hparams, metrics, last layer), and information per layer."""
     keys = sorted(set().union(*(r.hparams for r in runs)))
@@ -132,9 +162,9 @@ def compare_tables(runs: Sequence[Run]) -> list[Table]:
     for r in runs:
         m = r.final_metrics()
         rows.append([r.name, *[r.hparams.get(k) for k in differing], *[m.get(k, float("nan")) for k in metric_names],
-                     r.layer_names[-1], float(r.last.layer_information[-1]), float(r.last.effective_words[-1]),
+                     r.layer_names[-1], information_of(r, r.layer_names[-1]), float(r.last.effective_words[-1]),
                      f"{len(r.results)} to step {r.steps[-1]}"])
-    per_layer = [[layer, *[by_layer(r, layer, "layer_information") for r in runs]] for layer in layer_axis(runs)]
+    per_layer = [[layer, *[information_of(r, layer) for r in runs]] for layer in layer_axis(runs)]
     return [Table("Runs (hyperparameters that differ, final validation metrics, last layer)", header, rows),
-            Table("Information per layer at the last analysis (nats per word)", ["layer", *[r.name for r in runs]],
-                  per_layer)]
+            Table("Information per layer at the last analysis (nats per word ± standard error)",
+                  ["layer", *[r.name for r in runs]], per_layer)]
