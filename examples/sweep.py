@@ -1,4 +1,4 @@
-"""Regularisation sweeps that test the guidance rules: ``python -m examples.sweep {run,report}``.
+"""Regularisation sweeps that test the guidance rules: ``python -m examples.sweep {run,reanalyse,report}``.
 
 ``run`` trains, on SST-2, the example Transformer with several Adam weight decays (coupled L2) and the
 example LSTM with several dropout rates, each with a few seeds, under :class:`~lightning_infoflow.InfoFlowCallback`
@@ -6,6 +6,10 @@ example LSTM with several dropout rates, each with a few seeds, under :class:`~l
 ``state_dict`` at every analysis step, the probe's token ids, its training loss at every step and its
 validation scores, so that any new measure can be recomputed offline. Finished runs are skipped, an
 unfinished one is started again from scratch.
+
+``reanalyse`` runs the installed estimator again on every saved checkpoint, as the callback would, into the
+namespace ``reanalysed`` of each run's log dir (:mod:`examples.sweep_reanalyse`), so that a newer estimator
+is judged on the same runs without retraining.
 
 ``report`` reads the saved runs only (no training) and writes a Markdown report: which guidance rules
 fired where and whether their advice pointed towards the better setting, and rank correlations of early
@@ -18,6 +22,7 @@ Layout of ``--out`` (default ``runs/sweep``)::
     <sweep>/<run>/train_loss.pt         training loss at every optimizer step
     <sweep>/<run>/checkpoints/step_N.pt the model's state_dict at each analysis step
     <sweep>/<run>/logs/version_0/       the CSVLogger's log dir (metrics.csv, hparams.yaml, infoflow/results)
+    <sweep>/<run>/logs/version_0/reanalysed/results   ``reanalyse``'s results (same file layout)
 """
 
 from __future__ import annotations
@@ -288,9 +293,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     run.add_argument("--probe-size", type=int, default=16, help="dev sentences in the callback's probe")
     run.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    again = sub.add_parser("reanalyse", help="run the installed estimator on the saved checkpoints (no training)")
+    again.add_argument("--runs", default=os.path.join("runs", "sweep"), help="the `run` command's --out")
+    again.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    again.add_argument("--max-length", type=int, default=50, help="the `run` command's --max-length")
     report = sub.add_parser("report", help="judge the guidance rules on saved runs (no training)")
     report.add_argument("--runs", default=os.path.join("runs", "sweep"), help="the `run` command's --out")
     report.add_argument("--out", default=os.path.join("docs", "guidance_validation.md"), help="Markdown file to write")
+    report.add_argument("--namespace", default=None, choices=["infoflow", "reanalysed"],
+                        help="which result files to judge (default: reanalysed where every run has them, "
+                             "else infoflow, the callback's own)")
     return parser
 
 
@@ -298,9 +310,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Any:
     args = _parser().parse_args(argv)
     if args.command == "run":
         return run_sweeps(args)
+    if args.command == "reanalyse":
+        from examples import sweep_reanalyse
+
+        return sweep_reanalyse.reanalyse(args.runs, args.threads, args.max_length)
     from examples import sweep_report
 
-    return sweep_report.write_report(args.runs, args.out)
+    return sweep_report.write_report(args.runs, args.out, args.namespace)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from examples.sweep_report import CHANCE_ACCURACY, RuleVerdict, SweepRuns
+from lightning_infoflow.core.measures import COLLAPSED_SPREAD
 
 
 def _f(value: Any, digits: int = 3) -> str:
@@ -76,12 +77,16 @@ def _verdict_rows(sweep: SweepRuns, vs: list[RuleVerdict]) -> list[list[Any]]:
     return rows
 
 
-def _findings_by_run(sweep: SweepRuns, vs: list[RuleVerdict]) -> list[str]:
+def _findings_by_run(sweep: SweepRuns, vs: list[RuleVerdict], measures: dict[str, dict[str, Any]]) -> list[str]:
     rows = []
     for name, r in sorted(sweep.records.items(), key=lambda kv: (kv[1]["value"], kv[1]["seed"])):
         fired = [f"{v.rule} ({v.directions[name]})" for v in vs if name in v.directions]
-        rows.append([name, _f(r["final_val_acc"]), "; ".join(fired) or "none"])
-    return _table(["run", "final dev acc", "rules fired (advice direction)"], rows)
+        m = measures[name]
+        rows.append([name, _f(r["final_val_acc"]), "; ".join(fired) or "none", _f(m["stop_gap"], 3),
+                     _f(m["effective_words"], 2), f"{_f(m['largest_fall'], 1)} / {_f(m['collapse_bar'], 1)}"])
+    return _table(["run", "final dev acc", "rules fired (advice direction)", "stop - content log sigma, end "
+                   "(noisy_word_use: < 0.1)", "effective words, end", "largest fall between analyses / K log 2 "
+                   "(nats)"], rows)
 
 
 def _correlation_table(rows: list[dict[str, Any]]) -> list[str]:
@@ -89,42 +94,50 @@ def _correlation_table(rows: list[dict[str, Any]]) -> list[str]:
                   [[r["label"], r["n"], _f(r["rho"], 2), _f(r["p"], 3)] for r in rows])
 
 
-def _spread_table(sweep: SweepRuns, measures: dict[str, dict[str, float]]) -> list[str]:
+def _spread_table(sweep: SweepRuns, measures: dict[str, dict[str, Any]]) -> list[str]:
     rows = []
     for name, r in sorted(sweep.records.items(), key=lambda kv: (kv[1]["value"], kv[1]["seed"])):
         m = measures[name]
         rows.append([f"{r['value']:g}", r["seed"], _f(m["final_val_acc"]), _f(m["info_early"], 1),
-                     _f(m["info_final"], 1), _f(m["spread_start"], 3), _f(m["spread_early"], 3),
-                     _f(m["spread_final"], 3)])
+                     _f(m["info_final"], 1), _f(m["state_spread_start"], 4), _f(m["state_spread_early"], 4),
+                     _f(m["state_spread_final"], 4), f"{_f(m['state_spread_min_final'], 4)} "
+                     f"({m['state_spread_min_layer'].split('.')[-1]})", _f(m["spread_final"], 3)])
     return _table([sweep.settings["param"], "seed", "final dev acc", "info ~20% (nats/word)", "info end",
-                   "state spread step 0", "state spread ~20%", "state spread end"], rows)
+                   "state_spread step 0", "state_spread ~20%", "state_spread end", "lowest layer's end (layer)",
+                   "word spread end (recomputed)"], rows)
 
 
-def _collapse_statement(sweep: SweepRuns, measures: dict[str, dict[str, float]]) -> str:
+def _separation(measures: dict[str, dict[str, Any]], bad: list[str], good: list[str], key: str, what: str) -> str:
+    lo_bad, hi_bad = min(measures[n][key] for n in bad), max(measures[n][key] for n in bad)
+    lo_good, hi_good = min(measures[n][key] for n in good), max(measures[n][key] for n in good)
+    apart = (f"separates the {len(bad)} collapsed from the {len(good)} other runs"
+             if hi_bad < lo_good or lo_bad > hi_good else "does not separate them")
+    return f"{what}: collapsed {_f(lo_bad, 4)}-{_f(hi_bad, 4)}, others {_f(lo_good, 4)}-{_f(hi_good, 4)} ({apart})"
+
+
+def _collapse_statement(sweep: SweepRuns, measures: dict[str, dict[str, Any]], flagged: list[str]) -> str:
     collapsed = sweep.collapsed_values()
+    which = f" ({', '.join(flagged)})" if flagged else ""
+    rule = (f"`collapsed_layer` flagged {len(flagged)} of {len(sweep.records)} runs{which} (state_spread below "
+            f"{COLLAPSED_SPREAD:g} in some layer at the last analysis)")
     if not collapsed:
-        return f"No setting of `{sweep.name}` collapsed (every mean final dev accuracy is at least {CHANCE_ACCURACY})."
+        return (f"No setting of `{sweep.name}` collapsed (every mean final dev accuracy is at least "
+                f"{CHANCE_ACCURACY}); {rule}.")
     bad = [n for n, r in sweep.records.items() if r["value"] in collapsed]
     good = [n for n in sweep.records if n not in bad]
+    caught = sorted(set(bad) & set(flagged))
+    false_alarms = sorted(set(flagged) - set(bad))
+    verdict = (f"{rule}: it catches {len(caught)} of the {len(bad)} collapsed runs and flags {len(false_alarms)} of "
+               f"the {len(good)} others")
     if not good:
-        return f"Every setting of `{sweep.name}` collapsed: there is nothing to tell them apart from."
-    out = []
-    for key, what in (("spread_final", "state spread at the end"), ("info_final", "information at the end"),
-                      ("info_early", "information at ~20%")):
-        lo_bad, hi_bad = min(measures[n][key] for n in bad), max(measures[n][key] for n in bad)
-        lo_good, hi_good = min(measures[n][key] for n in good), max(measures[n][key] for n in good)
-        apart = (f"separates the {len(bad)} collapsed from the {len(good)} other runs"
-                 if hi_bad < lo_good or lo_bad > hi_good else "does not separate them")
-        out.append(f"{what}: collapsed {_f(lo_bad, 3)}-{_f(hi_bad, 3)}, others {_f(lo_good, 3)}-{_f(hi_good, 3)} "
-                   f"({apart})")
-    bad_spread = [measures[n]["spread_final"] for n in bad]
-    good_spread = [measures[n]["spread_final"] for n in good]
-    verdict = ("lower than every other run's: a detector of states that barely vary would catch them"
-               if max(bad_spread) < min(good_spread) else
-               "higher than every other run's: a detector of states that barely vary would not catch them"
-               if min(bad_spread) > max(good_spread) else "within the others' range: the spread alone cannot tell")
+        return f"Every setting of `{sweep.name}` collapsed: there is nothing to tell them apart from; {verdict}."
+    out = [_separation(measures, bad, good, key, what) for key, what in (
+        ("state_spread_final", "estimator's state_spread of the last layer at the end"),
+        ("state_spread_min_final", "lowest state_spread of any layer at the end"),
+        ("spread_final", "word spread at the end (recomputed)"),
+        ("info_final", "information at the end"), ("info_early", "information at ~20%"))]
     return (f"`{sweep.name}`, collapsed setting(s) {', '.join(f'{v:g}' for v in collapsed)} ({len(bad)} runs): "
-            + "; ".join(out) + f". Their state spread at the end is {verdict}.")
+            + "; ".join(out) + f". {verdict}.")
 
 
 def _rule_statements(sweep: SweepRuns, vs: list[RuleVerdict]) -> list[str]:
@@ -140,9 +153,13 @@ def _rule_statements(sweep: SweepRuns, vs: list[RuleVerdict]) -> list[str]:
             wrong = v.judged - v.toward_better
             verdict = "mostly toward" if v.toward_better > wrong else "as often away from as toward" \
                 if v.toward_better == wrong else "mostly away from"
+            same = set(v.directions.values())
+            constant = (f" It gave the same advice ({same.pop()}) on every run it fired on, whatever the run's "
+                        f"setting: its hits follow from where the best setting lies, not from the run."
+                        if len(same) == 1 and len(v.fired_runs) > 1 else "")
             out.append(f"- `{v.rule}` fired on {len(v.fired_runs)} of {n} runs of `{sweep.name}`; its advice pointed "
                        f"{verdict} the better setting ({v.toward_better} of {v.judged} toward it; next step better in "
-                       f"{v.next_step_better} of {v.judged}).")
+                       f"{v.next_step_better} of {v.judged}).{constant}")
     return out
 
 
@@ -165,10 +182,13 @@ def render(summary: dict[str, Any], runs_dir: str) -> str:
         "# Do the guidance rules help tune regularisation? A check on real sweeps", "",
         f"Generated by `python -m examples.sweep report --runs {runs_dir}` on "
         f"{datetime.date.today().isoformat()} from saved runs only, with the guidance rules of the installed "
-        f"package ({', '.join(f'`{r}`' for r in summary['rules_documented']) or 'none documented'}). The runs came "
-        "from `python -m examples.sweep run` (one CPU thread, one run at a time). Re-running the report after a "
-        "change of the rules re-judges the same runs; nothing is retrained.", "",
-        f"{n_runs} runs, {total:.0f} s ({total / 60:.1f} min) of wall time in all.", "",
+        f"package ({', '.join(f'`{r}`' for r in summary['rules_documented']) or 'none documented'}), judging the "
+        f"result files of the namespace `{summary['namespace']}`. The runs came from `python -m examples.sweep run` "
+        "(one CPU thread, one run at a time). Re-running the report after a change of the rules re-judges the same "
+        "runs; nothing is retrained.", "",
+        f"{n_runs} runs, {total:.0f} s ({total / 60:.1f} min) of training wall time in all (analyses, checkpoints "
+        "and validation included).", "",
+    ] + _reanalysis_note(summary) + [
         "## Settings", "",
         "How the values were chosen. Weight decay is Adam's coupled L2 penalty (`TextClassifier(weight_decay=...)`, "
         "the paper's alpha of Sec. 4.3), swept by decades from 0; the largest value is the one a calibration run "
@@ -183,8 +203,50 @@ def render(summary: dict[str, Any], runs_dir: str) -> str:
     for name, s in sweeps.items():
         lines += [f"### `{name}`", ""] + _runs_table(s["sweep"])
     sizes = sorted({len(s["sweep"].records) for s in sweeps.values()})
-    lines += _rules_section(sweeps) + _signals_section(sweeps) + _collapse_section(sweeps) + _limits(sizes)
+    lines += _rules_section(sweeps) + _signals_section(sweeps)
+    lines += _collapse_section(sweeps, summary["namespace"]) + _limits(sizes)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _reanalysis_note(summary: dict[str, Any]) -> list[str]:
+    if summary["namespace"] != "reanalysed":
+        return ["The analyses are the callback's own, written during training (`infoflow` result files).", ""]
+    sessions = summary["reanalysis"]
+    wall = sum(float(t["wall_seconds"]) for t in sessions)
+    analyses = sum(int(t["analyses"]) for t in sessions)
+    estimation = sum(float(t["estimation_seconds"]) for t in sessions)
+    threads = ", ".join(sorted({str(t["threads"]) for t in sessions})) or "n/a"
+    info_gap = max(s["agreement"][0] for s in summary["sweeps"].values())
+    sigma_gap = max(s["agreement"][1] for s in summary["sweeps"].values())
+    compared = sum(s["agreement"][2] for s in summary["sweeps"].values())
+    return [
+        "The analyses were re-run with the installed estimator on the checkpoints saved at every analysis step, by "
+        "`python -m examples.sweep reanalyse --runs <runs>`: the run's model rebuilt and loaded, "
+        "`InfoFlowEstimator` built on the step-0 weights with `EstimatorConfig(seed=<the run's seed>)` (the "
+        "callback's settings in the runs), the run's probe, a cold analysis at step 0 and warm starts after it, "
+        "as the callback does. Results in `<run>/logs/version_0/reanalysed/results/`.",
+        f"Re-analysis: {analyses} analyses, {wall:.0f} s ({wall / 60:.1f} min) wall in {len(sessions)} session(s) "
+        f"({estimation:.0f} s of it in the estimator), {threads} CPU thread(s), on a machine shared with other jobs.",
+        f"Against the callback's own results at the same steps ({compared} analyses compared), the re-analysis "
+        f"differs by at most {_f(info_gap, 4)} nats per word in a layer's mean information and {_f(sigma_gap, 4)} "
+        "in any word's log sigma: the estimator's optimisation is unchanged, and the new fields (`noise_se`, "
+        "`state_spread`, `effective_words` as now defined) are added on the same sigma.",
+        "",
+    ]
+
+
+def _phase_table(sweep: SweepRuns) -> list[str]:
+    labels: dict[str, dict[str, str]] = {}
+    for f in sweep.findings:
+        if f.rule == "information_phases" and f.run:
+            labels.setdefault(f.run, {})[str(f.layer)] = str((f.extra or {}).get("label", ""))
+    if not labels:
+        return []
+    layers = list(next(iter(labels.values())))
+    rows = [[name, _f(r["final_val_acc"])] + [labels.get(name, {}).get(layer, "-") for layer in layers]
+            for name, r in sorted(sweep.records.items(), key=lambda kv: (kv[1]["value"], kv[1]["seed"]))]
+    return ["Phases per layer (`information_phases`, changes beyond their uncertainty):", ""] + _table(
+        ["run", "final dev acc"] + [".".join(layer.split(".")[-2:]) for layer in layers], rows)
 
 
 def _rules_section(sweeps: dict[str, Any]) -> list[str]:
@@ -201,7 +263,8 @@ def _rules_section(sweeps: dict[str, Any]) -> list[str]:
         lines += [f"### `{name}`", ""]
         lines += _table(["rule", "fired on", "advice", "points toward the better setting", "next step better"],
                         _verdict_rows(s["sweep"], s["verdicts"]))
-        lines += _findings_by_run(s["sweep"], s["verdicts"])
+        lines += _findings_by_run(s["sweep"], s["verdicts"], s["measures"])
+        lines += _phase_table(s["sweep"])
     lines += ["### What the rules can and cannot tell here", ""]
     for s in sweeps.values():
         lines += _rule_statements(s["sweep"], s["verdicts"])
@@ -237,16 +300,20 @@ def _signals_section(sweeps: dict[str, Any]) -> list[str]:
     return lines + ["In short:", ""] + [s for s in statements if s] + [""]
 
 
-def _collapse_section(sweeps: dict[str, Any]) -> list[str]:
+def _collapse_section(sweeps: dict[str, Any], namespace: str) -> list[str]:
     lines = ["## Can a collapsed setting be told apart?", "",
-             "State spread: the last layer's output over the probe's real words, recomputed from the saved "
-             "checkpoint of that step, `sum_u Var(h_u) / sum_u E[h_u^2]` over units u (1: no shared offset; 0: "
-             "every word maps to the same state). Information is the last layer's mean information per word from "
-             "the callback's result files.", ""]
+             f"`state_spread`: the estimator's, from the `{namespace}` result files (what `collapsed_layer` reads): "
+             "the share of a layer's state's mean square that varies between the probe's sentences at the same "
+             "time step, `sum_e Var_b(s_bte) / sum_e E[s^2]` (1: centred, 0: every sentence maps to the same "
+             f"states; the rule flags a layer below {COLLAPSED_SPREAD:g}), of the last layer at step 0, ~20% and the "
+             "end, and the lowest of any layer at the end. Word spread: the earlier measure, recomputed from the "
+             "saved checkpoint, the last layer's output over the probe's real words, `sum_u Var(h_u) / sum_u "
+             "E[h_u^2]` over all words together. Information is the last layer's mean information per word.", ""]
     statements = []
     for name, s in sweeps.items():
         lines += [f"### `{name}`", ""] + _spread_table(s["sweep"], s["measures"])
-        statements.append("- " + _collapse_statement(s["sweep"], s["measures"]))
+        flagged: list[str] = next((v.fired_runs for v in s["verdicts"] if v.rule == "collapsed_layer"), [])
+        statements.append("- " + _collapse_statement(s["sweep"], s["measures"], flagged))
     return lines + statements + [""]
 
 

@@ -7,8 +7,13 @@ For every sweep under ``--runs`` (written by ``python -m examples.sweep run``) t
    to the sweep's runs with their final dev accuracy as the score, and judges each finding's advice;
 2. measures whether early signals rank the runs by final dev accuracy (Spearman's rho, exact
    permutation p-value);
-3. recomputes, from the saved checkpoints, how much the last layer's states vary across the probe, to
-   tell whether a collapsed setting can be told apart;
+3. reads the estimator's ``state_spread`` (what ``collapsed_layer`` judges) from the results and recomputes,
+   from the saved checkpoints, how much the last layer's states vary across the probe's words, to tell
+   whether a collapsed setting can be told apart;
+
+The analyses judged are those of one namespace of every run: ``reanalysed`` (``python -m examples.sweep
+reanalyse``, the installed estimator on the saved checkpoints) when every run has them, else ``infoflow``
+(the callback's own, as trained);
 
 and writes everything as one Markdown page (:mod:`examples.sweep_markdown`).
 
@@ -62,10 +67,55 @@ class SweepRuns:
         return [v for v, acc in self.setting_accuracy().items() if acc < CHANCE_ACCURACY]
 
 
-def load_sweeps(runs_dir: str) -> list[SweepRuns]:
-    """Every sweep under ``runs_dir`` with its finished runs (those with a ``record.json``)."""
+def default_namespace(runs_dir: str) -> str:
+    """``reanalysed`` when every finished run has a re-analysed result at every checkpoint, else ``infoflow``."""
+    from examples import sweep_reanalyse
+
+    runs = sweep_reanalyse.finished_runs(runs_dir)
+    if all(sweep_reanalyse.complete(d, r) for d, r in runs):
+        return sweep_reanalyse.NAMESPACE
+    if any(sweep_reanalyse.complete(d, r) for d, r in runs):
+        print(f"not every run under {runs_dir} is re-analysed: judging the callback's own results (infoflow); "
+              f"run `python -m examples.sweep reanalyse --runs {runs_dir}` to finish", flush=True)
+    return "infoflow"
+
+
+def _load_namespace(log_dir: str, name: str, namespace: str) -> Any:
+    """The run in ``log_dir`` whose result files are those of ``namespace``."""
+    from lightning_infoflow.reporting.runs import find_runs, load_run
+
+    sources = [s for s in find_runs(log_dir) if s.namespace == namespace]
+    if not sources:
+        raise SystemExit(f"{log_dir} has no {namespace!r} results; run `python -m examples.sweep reanalyse` "
+                         "first, or pass --namespace infoflow")
+    return load_run(sources[0], name=name)
+
+
+def agreement(sweep: SweepRuns) -> tuple[float, float, int]:
+    """How far the judged results lie from the callback's own at the same steps: the largest absolute
+    difference of ``layer_information`` (nats per word) and of ``log sigma`` over the real words, and the
+    number of analyses compared (0 when the judged results are the callback's)."""
+    worst_info, worst_log_sigma, compared = 0.0, 0.0, 0
+    for name, run in sweep.runs.items():
+        if run.source.namespace == "infoflow":
+            continue
+        own = {int(r.meta["step"]): r for r in _load_namespace(run.path, name, "infoflow").results}
+        for result in run.results:
+            trained = own.get(int(result.meta["step"]))
+            if trained is None or trained.sigma.shape != result.sigma.shape:
+                continue
+            real = result.mask.unsqueeze(0).expand_as(result.sigma)
+            gap = (result.sigma[real].log() - trained.sigma[real].log()).abs()
+            worst_log_sigma = max(worst_log_sigma, float(gap.max()))
+            worst_info = max(worst_info, float((result.layer_information - trained.layer_information).abs().max()))
+            compared += 1
+    return worst_info, worst_log_sigma, compared
+
+
+def load_sweeps(runs_dir: str, namespace: str = "infoflow") -> list[SweepRuns]:
+    """Every sweep under ``runs_dir`` with its finished runs (those with a ``record.json``), each run's
+    analyses read from ``namespace``."""
     from examples.sweep import RECORD_FILE, SWEEP_FILE
-    from lightning_infoflow.reporting.runs import load_run
 
     sweeps = []
     for sweep_file in sorted(glob.glob(os.path.join(runs_dir, "*", SWEEP_FILE))):
@@ -78,7 +128,7 @@ def load_sweeps(runs_dir: str) -> list[SweepRuns]:
             name = os.path.basename(run_dir)
             with open(record_file) as f:
                 records[name] = json.load(f)
-            runs[name] = load_run(os.path.join(run_dir, records[name]["log_dir"]), name=name)
+            runs[name] = _load_namespace(os.path.join(run_dir, records[name]["log_dir"]), name, namespace)
             dirs[name] = run_dir
         if records:
             sweeps.append(SweepRuns(os.path.basename(sweep_dir), settings, records, runs, dirs))
@@ -182,7 +232,7 @@ def result_near(run: Any, step: int) -> Any:
     return min(run.results, key=lambda r: (abs(int(r.meta.get("step", 0)) - step), int(r.meta.get("step", 0))))
 
 
-def run_measures(sweep: SweepRuns, name: str) -> dict[str, float]:
+def run_measures(sweep: SweepRuns, name: str) -> dict[str, Any]:
     """Early and final signals of one run, and the last layer's state spread at both points."""
     rec, run = sweep.records[name], sweep.runs[name]
     early = result_near(run, int(rec["early_step"]))
@@ -197,20 +247,45 @@ def run_measures(sweep: SweepRuns, name: str) -> dict[str, float]:
         "spread_start": checkpoint_spread(run_dir, rec, int(first.meta.get("step", -1)), first.layer_names[-1]),
         "spread_early": checkpoint_spread(run_dir, rec, int(early.meta.get("step", -1)), early.layer_names[-1]),
         "spread_final": checkpoint_spread(run_dir, rec, int(last.meta.get("step", -1)), last.layer_names[-1]),
+        **result_spreads(first, early, last), **rule_margins(run),
+        "analysis_seconds": sum(float(r.meta.get("seconds", float("nan"))) for r in run.results),
+    }
+
+
+def rule_margins(run: Any) -> dict[str, float]:
+    """How near each quiet rule came to firing on a run: the last layer's stop-word minus content-word mean
+    log sigma at the end (``noisy_word_use`` fires below 0.1), its effective words at the end
+    (``too_little_information`` compares them across runs), and the largest fall of any layer's information
+    between consecutive analyses against ``information_collapse``'s bar ``K log 2``."""
+    from lightning_infoflow.analysis import guidance
+
+    info = run.aligned_history()
+    falls = (info[:-1] - info[1:]).max() if info is not None and len(info) > 1 else torch.tensor(float("nan"))
+    return {"stop_gap": float(guidance.stop_word_gap(run.last)[0][-1]),
+            "effective_words": float(run.last.effective_words[-1]), "largest_fall": float(falls),
+            "collapse_bar": run.last.embedding_dim * math.log(guidance.COLLAPSE_SIGMA_RATIO)}
+
+
+def result_spreads(first: Any, early: Any, last: Any) -> dict[str, Any]:
+    """The estimator's ``state_spread`` (what ``collapsed_layer`` reads) of the last layer at step 0, ~20% and
+    the end, and the lowest of any layer at the end with its layer (NaN for files written without it)."""
+    spread = last.state_spread
+    lowest = int(torch.nan_to_num(spread, nan=math.inf).argmin()) if spread is not None and len(spread) else -1
+    return {
+        "state_spread_start": float(first.state_spread[-1]), "state_spread_early": float(early.state_spread[-1]),
+        "state_spread_final": float(spread[-1]), "state_spread_min_final": float(spread[lowest]),
+        "state_spread_min_layer": last.layer_names[lowest],
     }
 
 
 def checkpoint_spread(run_dir: str, record: dict[str, Any], step: int, layer: str) -> float:
     """:func:`~examples.sweep_stats.state_spread` of ``layer`` over the run's probe, with the weights of ``step``."""
-    from examples.models import TextClassifier
+    from examples.sweep_reanalyse import load_checkpoint, rebuild_module
 
-    path = os.path.join(run_dir, "checkpoints", f"step_{step}.pt")
-    if not os.path.exists(path):
+    if not os.path.exists(os.path.join(run_dir, "checkpoints", f"step_{step}.pt")):
         return float("nan")
-    hp = record["hparams"]
-    module = TextClassifier(hp["model_name"], hp["vocab_size"], lr=hp["lr"], weight_decay=hp["weight_decay"],
-                            model_kwargs=hp.get("model_kwargs"))
-    module.load_state_dict(torch.load(path, weights_only=True))
+    module = rebuild_module(record)
+    load_checkpoint(module, run_dir, step)
     probe = torch.load(os.path.join(run_dir, "probe.pt"), weights_only=True)
     states = sweep_stats.layer_states(module, layer, probe["input_ids"], probe["attention_mask"])
     return sweep_stats.state_spread(states, probe["attention_mask"])
@@ -226,7 +301,7 @@ PREDICTORS = (
 )
 
 
-def correlations(measures: dict[str, dict[str, float]], names: list[str]) -> list[dict[str, Any]]:
+def correlations(measures: dict[str, dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
     """Spearman's rho of each predictor against final dev accuracy over ``names``, with its p-value."""
     acc = [measures[n]["final_val_acc"] for n in names]
     rows = []
@@ -237,18 +312,24 @@ def correlations(measures: dict[str, dict[str, float]], names: list[str]) -> lis
     return rows
 
 
-def write_report(runs_dir: str, out: str) -> dict[str, Any]:
-    """Judge every sweep under ``runs_dir`` and write the Markdown page ``out``; returns the numbers."""
-    from examples import sweep_markdown
+def write_report(runs_dir: str, out: str, namespace: str | None = None) -> dict[str, Any]:
+    """Judge every sweep under ``runs_dir`` and write the Markdown page ``out``; returns the numbers.
+
+    ``namespace``: the result files to judge, ``infoflow`` (the callback's, as trained) or ``reanalysed``
+    (``python -m examples.sweep reanalyse``); default :func:`default_namespace`.
+    """
+    from examples import sweep_markdown, sweep_reanalyse
 
     names = rule_names()
-    summary: dict[str, Any] = {"rules_documented": names, "sweeps": {}}
-    for sweep in load_sweeps(runs_dir):
+    namespace = namespace or default_namespace(runs_dir)
+    summary: dict[str, Any] = {"rules_documented": names, "sweeps": {}, "namespace": namespace,
+                               "reanalysis": sweep_reanalyse.timings(runs_dir)}
+    for sweep in load_sweeps(runs_dir, namespace):
         sweep.findings = apply_rules(sweep)
         measures = {n: run_measures(sweep, n) for n in sweep.records}
         kept = [n for n in sweep.records if sweep.records[n]["value"] not in sweep.collapsed_values()]
         summary["sweeps"][sweep.name] = {
-            "sweep": sweep, "verdicts": verdicts(sweep, names), "measures": measures,
+            "sweep": sweep, "verdicts": verdicts(sweep, names), "measures": measures, "agreement": agreement(sweep),
             "correlations": correlations(measures, sorted(sweep.records)),
             "correlations_by_seed": {seed: correlations(measures, [n for n, r in sweep.records.items()
                                                                    if r["seed"] == seed])

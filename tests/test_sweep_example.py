@@ -93,13 +93,61 @@ def test_tiny_sweep_runs_resumes_and_reports(tmp_path):
     assert sweep.main(argv) == records  # finished runs are skipped, their records read back
     assert os.path.getmtime(done) == stamp
 
+    _check_reanalyse(runs, records)
+
     summary = sweep.main(["report", "--runs", runs, "--out", doc])
+    assert summary["namespace"] == "reanalysed"  # the default once every run is re-analysed
     with open(doc) as f:
         text = f.read()
     for rule in sweep_report.rule_names():
         assert f"`{rule}`" in text
+    assert "`collapsed_layer`" in text
     assert "(a) last layer's mean information per word at ~20%" in text
+    assert "judging the result files of the namespace `reanalysed`" in text
     measures = summary["sweeps"]["transformer_wd"]["measures"]
     assert all(0.0 <= m["spread_final"] <= 1.0 for m in measures.values())
+    assert all(0.0 <= m["state_spread_final"] <= 1.0 for m in measures.values())
+    assert summary["reanalysis"] and summary["reanalysis"][0]["analyses"] == 12
+    callback_own = sweep.main(["report", "--runs", runs, "--out", doc, "--namespace", "infoflow"])
+    assert callback_own["namespace"] == "infoflow"
     with open(done) as f:
         assert json.load(f)["hparams"]["weight_decay"] == 0.0
+
+
+def _check_reanalyse(runs, records):
+    """``reanalyse`` reproduces the callback's analyses from the checkpoints, with the new fields, and resumes."""
+    from examples import sweep, sweep_reanalyse, sweep_report
+    from lightning_infoflow import InfoFlowResult
+
+    def results(run_dir, namespace):
+        folder = os.path.join(run_dir, "logs", "version_0", namespace, "results")
+        return {int(f[5:13]): InfoFlowResult.load(os.path.join(folder, f)) for f in sorted(os.listdir(folder))}
+
+    assert sweep_report.default_namespace(runs) == "infoflow"  # nothing re-analysed yet
+    summaries = sweep.main(["reanalyse", "--runs", runs])
+    assert [s["analysed"] for s in summaries] == [6, 6]
+    for r in records:
+        run_dir = os.path.join(runs, "transformer_wd", f"transformer_wd{r['value']:g}_seed0")
+        trained, again = results(run_dir, "infoflow"), results(run_dir, "reanalysed")
+        assert sorted(again) == r["checkpoint_steps"]
+        run_id = next(iter(trained.values())).meta["run_id"]
+        for step, result in again.items():
+            assert result.meta["name"] == "reanalysed" and result.meta["step"] == step
+            assert result.meta["run_id"] == run_id
+            assert result.meta["warm_start"] == (step != 0)  # cold at the first checkpoint, warm after it
+            assert bool(torch.isfinite(result.state_spread).all()) and bool(torch.isfinite(result.noise_se).all())
+            # the same weights, probe, settings and warm-start chain as the callback: the same sigma
+            assert torch.allclose(result.sigma, trained[step].sigma, rtol=1e-4, atol=1e-5, equal_nan=True)
+
+    run_dir = os.path.join(runs, "transformer_wd", "transformer_wd0.1_seed0")
+    before = results(run_dir, "reanalysed")
+    kept = os.path.join(run_dir, "logs", "version_0", "reanalysed", "results", "step_00000010.pt")
+    stamp = os.path.getmtime(kept)
+    os.remove(kept.replace("step_00000010", "step_00000020"))  # an interrupted re-analysis
+    assert sweep_report.default_namespace(runs) == "infoflow"  # incomplete: the callback's own results
+    analysed = {s["run"]: s["analysed"] for s in sweep.main(["reanalyse", "--runs", runs])}
+    assert analysed == {"transformer_wd0_seed0": 0, "transformer_wd0.1_seed0": 1}
+    assert os.path.getmtime(kept) == stamp  # what exists is not analysed again
+    resumed = results(run_dir, "reanalysed")[20]
+    assert torch.equal(resumed.sigma.nan_to_num(), before[20].sigma.nan_to_num())  # warm from the file read back
+    assert sweep_reanalyse.timings(runs)[-1]["analyses"] == 1
