@@ -36,7 +36,9 @@ The rules and their default thresholds (module constants, each overridable per c
     exceeds that of content-word tokens by less than ``NOISY_MIN_GAP`` (0.1 nats, stop words tolerating
     less than about 1.1 x the noise of content words), over the probe (at least ``NOISY_MIN_COUNT`` (3)
     tokens of each kind). ``K`` times the gap is the content words' surplus of information in nats per
-    word. Suggestion: more regularisation or data.
+    word. Suggestion: if the run raised the regularisation, lower it; else train longer or add data. (The
+    paper's reading suggests more regularisation; on the validation sweeps, docs/guidance_validation.md, the
+    gap shrank as dropout and weight decay grew, and the rule fired on the over-regularised runs.)
 ``information_phases`` (Sec. 4.5, Fig. 9)
     Per layer, the changes of its information that exceed their uncertainty
     (:mod:`~lightning_infoflow.analysis.evidence`): between the first, highest, lowest and last analyses,
@@ -342,8 +344,10 @@ def noisy_word_use(
             measured={"log_sigma_gap": gap, "sigma_ratio": math.exp(gap), "information_gap": -surplus,
                       "stop_tokens": float(n_stop), "content_tokens": float(n_content)},
             threshold=f"stop words' mean log sigma above content words' by less than {min_gap:g} nats",
-            suggestion="the layer does not yet single out the words that matter: train longer, add data, or "
-                       "raise the regularisation (weight decay, dropout) a little",
+            suggestion="the layer does not single out the words that matter; on the validation sweeps this went "
+                       "with too much regularisation: lower the weight decay or dropout if you raised them, else "
+                       "train longer or add data",
+            extra={"direction": "lower"},
         ))
     return findings
 
