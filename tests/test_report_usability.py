@@ -225,3 +225,10 @@ def test_analyze_progress_bar_on_a_terminal_only(ckpt, tmp_path, monkeypatch):
     monkeypatch.delenv("TTY_COMPATIBLE")
     res = analyze(ckpt, tmp_path, "piped", "--steps", "4")
     assert res.exit_code == 0 and res.stderr == ""
+
+
+def test_curves_against_step_show_no_negative_steps():
+    steps = [0, 1, 2, 5, 10, 20, 50, 100, 200, 400, 600]
+    fig = figures.information_curves(steps, torch.rand(len(steps), 2) + 1, ["a", "b"])
+    left, right = fig.axes[0].get_xlim()
+    assert fig.axes[0].get_xscale() == "symlog" and left == 0 and right >= 600

@@ -79,6 +79,7 @@ def _step_axis(ax: Axes, steps: Sequence[int]) -> None:
     """Optimizer steps on the x axis; symmetric-log when they span more than a decade from 0."""
     if len(steps) > 2 and min(steps) >= 0 and max(steps) > 10:
         ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlim(left=min(steps), right=max(steps) * 1.15)  # autoscale margins would show negative steps
     ax.set_xlabel("optimizer step")
 
 

@@ -128,7 +128,7 @@ def phases_table(findings: Sequence[Finding]) -> Table | None:
     if not phases:
         return None
     runs = any(f.run for f in phases)
-    header = [*(["run"] if runs else []), "layer", "peak step", "peak info", "rise to peak", "peak to last", "phases"]
+    header = [*(["run"] if runs else []), "layer", "peak step", "peak info", "total rise", "total fall", "phases"]
     rows = [[*([f.run or ""] if runs else []), f.layer or "", int(f.measured["peak_step"]),
              f.measured["peak_information"], f"{f.measured['rise']:+.2f}", f"{-f.measured['fall']:+.2f}",
              phase_name(f)] for f in phases]
