@@ -78,3 +78,12 @@ class TinyDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return loaders(self.batch_size)[1]
+
+
+def tiny_checkpoint(path: str) -> str:
+    """Write a checkpoint of :class:`TinyClassifier` after one optimizer step (global_step 1) to ``path``."""
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
+    trainer.fit(TinyClassifier(dropout=0.0), loaders()[0])
+    trainer.save_checkpoint(path)
+    return path

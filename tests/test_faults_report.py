@@ -10,12 +10,11 @@ import csv
 import os
 from pathlib import Path
 
-import lightning.pytorch as L
 import pytest
 import torch
 import yaml
 from click.testing import CliRunner, Result
-from lit_helpers import TinyClassifier, loaders
+from lit_helpers import tiny_checkpoint
 
 from lightning_infoflow import InfoFlowResult
 from lightning_infoflow.cli import main
@@ -67,12 +66,7 @@ def write_metrics(log_dir: str, rows: list[tuple[int, float]]) -> None:
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> str:
     """A checkpoint of the tiny classifier after one optimizer step (global_step 1)."""
-    path = str(tmp_path_factory.mktemp("ckpt") / "tiny.ckpt")
-    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
-    trainer.fit(TinyClassifier(dropout=0.0), loaders()[0])
-    trainer.save_checkpoint(path)
-    return path
+    return tiny_checkpoint(str(tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"))
 
 
 def analyze(ckpt: str, probe: str, out: str, *extra: str) -> Result:

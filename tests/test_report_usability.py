@@ -9,11 +9,10 @@ import io
 import os
 import re
 
-import lightning.pytorch as L
 import pytest
 import torch
 from click.testing import CliRunner, Result
-from lit_helpers import TinyClassifier, loaders
+from lit_helpers import tiny_checkpoint
 from rich.console import Console
 
 from lightning_infoflow import InfoFlowResult
@@ -190,12 +189,7 @@ def ids_tokenizer():
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> str:
-    path = str(tmp_path_factory.mktemp("ckpt") / "tiny.ckpt")
-    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
-    trainer.fit(TinyClassifier(dropout=0.0), loaders()[0])
-    trainer.save_checkpoint(path)
-    return path
+    return tiny_checkpoint(str(tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"))
 
 
 def analyze(ckpt: str, tmp_path, out: str, *extra: str) -> Result:
