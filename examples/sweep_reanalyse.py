@@ -7,7 +7,8 @@ estimator is built on the weights of the first checkpoint (step 0, the callback'
 follows from them), with the settings of ``EstimatorConfig(seed=<the run's seed>)`` (the run's callback
 settings: every default but the seed), the probe built from the run's probe sentences and its tokenizer by
 the callback's own :func:`~lightning_infoflow.lightning.probing.build_checked_probe`, a cold analysis of
-``steps`` at the first checkpoint and warm-started analyses of ``warm_steps`` from the previous result after it.
+``steps`` at the first checkpoint and warm-started analyses (``EstimatorConfig.warm``) from the previous
+result after it.
 
 Each result goes next to the callback's, in the namespace ``reanalysed`` of the run's log dir::
 
@@ -137,7 +138,7 @@ def reanalyse_run(run_dir: str, record: dict[str, Any], tokenizers: dict[str, An
         load_checkpoint(module, run_dir, step)
         warm = previous is not None
         started = time.perf_counter()
-        result = estimator.estimate(probe.batch, steps=config.warm_steps if warm else config.steps, init=previous,
+        result = estimator.estimate(probe.batch, steps=config.warm if warm else config.steps, init=previous,
                                     tokens=probe.tokens)
         seconds = time.perf_counter() - started
         result.meta.update(name=NAMESPACE, step=step, run_id=run_id, seconds=seconds, warm_start=warm, world_size=1,

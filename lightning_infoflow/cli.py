@@ -82,7 +82,26 @@ WHICH_FILE_WINS = ("A run resumed into a new logger version (same run_id) is rep
                    "several result files, the newest wins: the latest logger version (version_N by N), then the "
                    "newest file.")
 ESTIMATOR_STEPS = inspect.signature(InfoFlowEstimator).parameters["steps"].default
-"""The estimator's own default number of optimisation steps (``analyze --steps`` when not given)."""
+"""The estimator's own default optimisation steps (``analyze --steps`` when not given)."""
+ESTIMATOR_TARGET = inspect.signature(InfoFlowEstimator).parameters["target_error"].default
+"""The estimator's own default ``target_error`` (``analyze --target-error`` when not given)."""
+
+
+class StepsType(click.ParamType):
+    """``auto`` or a non-negative int."""
+
+    name = "auto|N"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if isinstance(value, int) or value == "auto":
+            return value
+        try:
+            number = int(value)
+        except ValueError:
+            number = -1
+        if number < 0:
+            self.fail(f"{value!r} is neither 'auto' nor a non-negative int", param, ctx)
+        return number
 
 
 def _quiet_option(command: Any) -> Any:
@@ -270,9 +289,12 @@ def compare(run_dirs: tuple[str, ...], out: str, metric: str | None, mode: str |
                                               "infoflow_layers attribute, else auto].")
 @click.option("--embedding", default="auto", show_default=True, help="Word-embedding module name.")
 @click.option("--submodule", default=None, help="Attribute of the LightningModule to analyse (e.g. model).")
-@click.option("--steps", type=click.IntRange(min=0), default=None,
-              help="Optimisation steps of the estimator "
+@click.option("--steps", type=StepsType(), default=None,
+              help="Optimisation steps of the estimator: 'auto' (stop at --target-error) or a number "
                    f"[default: InfoFlowEstimator's own, steps={ESTIMATOR_STEPS!r}].")
+@click.option("--target-error", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=None,
+              help="Where steps='auto' stops: root-mean-square error of log sigma "
+                   f"[default: InfoFlowEstimator's own, {ESTIMATOR_TARGET!r}].")
 @click.option("--lam", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True,
               help="Lambda of Eq. 7.")
 @click.option("--samples", type=click.IntRange(min=1), default=4, show_default=True, help="Noise draws per step.")
@@ -284,7 +306,8 @@ def compare(run_dirs: tuple[str, ...], out: str, metric: str | None, mode: str |
 @_quiet_option
 def analyze(module_spec: str | None, ckpt: str | None, hf_model: str | None, probe: str,
             tokenizer: str | None, out: str, force: bool, namespace: str, layers: tuple[str, ...], embedding: str,
-            submodule: str | None, steps: int | None, lam: float, samples: int, num_sentences: int | None,
+            submodule: str | None, steps: int | str | None, target_error: float | None, lam: float, samples: int,
+            num_sentences: int | None,
             max_length: int | None, step_override: int | None, seed: int, progress: bool, quiet: bool) -> None:
     """Run the estimator on a saved model (a Lightning checkpoint or a Hugging Face folder) and a probe
     file, and write the same raw results as the callback, so `infoflow report OUT` works on it. Refuses an
@@ -305,7 +328,8 @@ def analyze(module_spec: str | None, ckpt: str | None, hf_model: str | None, pro
     try:
         built = build_probe(read_sentences(probe), tokenizer_from(tokenizer), num_sentences=num_sentences,
                             max_length=max_length)
-        chosen: dict[str, Any] = {} if steps is None else {"steps": steps}  # None: the estimator's own default
+        given = {"steps": steps, "target_error": target_error}
+        chosen: dict[str, Any] = {k: v for k, v in given.items() if v is not None}  # None: the estimator's own default
         estimator = InfoFlowEstimator(target, layer_spec, embedding, lam=lam, samples=samples, seed=seed, **chosen)
         names = estimator.check(built.batch)
     except ValueError as err:

@@ -24,7 +24,11 @@ exactly -1 per word and, near the optimum, the reconstruction term's is ``(sigma
 curvature is about 2 everywhere and one step size fits every word, layer and model; the decaying step
 averages the noise of the few draws per step away. (Adam, used before, moves every word by about
 ``lr`` in its first steps whatever its gradient, which spoils a good start point.) A warm start enters
-the same schedule where the step has fallen to ``warm_lr``. Precision: the estimator's own tensors
+the same schedule where the step has fallen to ``warm_lr``. How long: ``steps="auto"`` (the default)
+stops when the estimated error of ``log sigma`` is at most ``target_error``
+(:mod:`~lightning_infoflow.core.convergence`, :mod:`~lightning_infoflow.core.refine`); a warm start first
+measures whether its start point is still good, so an unchanged model costs one window of
+``check_every`` steps. Precision: the estimator's own tensors
 (word embeddings, sigma, noise, errors, normalisation) are float32 whatever the model's dtype; the
 perturbed embeddings are cast to the embedding module's output dtype where they enter the model, so
 models in bfloat16, float16 or float64 are measured as they run (under ``torch.autocast`` their matmuls
@@ -48,6 +52,7 @@ from torch import Tensor, nn
 
 from lightning_infoflow.core import guard, inputs
 from lightning_infoflow.core.chunks import ChunkScorer, chunk_size
+from lightning_infoflow.core.refine import Outcome, Plan, Refiner
 from lightning_infoflow.core.result import InfoFlowResult
 from lightning_infoflow.core.runner import (
     Position,
@@ -59,9 +64,6 @@ from lightning_infoflow.core.runner import (
 from lightning_infoflow.core.settings import check_settings, check_steps
 from lightning_infoflow.core.start import closed_form, warm_start
 from lightning_infoflow.core.uncertainty import StepNoise
-
-_TAU = 5.0  # steps over which the step size halves (eta_t = lr / (1 + t / _TAU))
-_MAX_GRAD = 2.0  # gradient clip on log sigma from above (from below it is -1, the prior term alone)
 
 
 class InfoFlowEstimator:
@@ -76,7 +78,14 @@ class InfoFlowEstimator:
             before position embeddings and LayerNorm). Name a whole block (e.g. ``"embeddings"`` of a
             BERT) to perturb after it instead.
         lam: lambda of Eq. 7; larger values allow more noise (less information everywhere).
-        steps: optimisation steps after the closed-form start; 0 returns the linearised optimum.
+        steps: ``"auto"`` (default): optimise until the estimated error of every layer's ``log sigma`` (root
+            mean square over its words, see :mod:`~lightning_infoflow.core.convergence`) is at most
+            ``target_error``, checked every ``check_every`` steps, at most ``max_steps``; a warm start on
+            an unchanged model stops after its first check. An int: exactly that many optimisation steps
+            after the closed-form (or warm) start; 0 returns the linearised optimum.
+        max_steps: cap of ``steps="auto"``.
+        target_error: the error at which ``steps="auto"`` stops: 0.01 is a root-mean-square relative error
+            of sigma of about 1%.
         samples: noise draws per step (and random projections for the start point).
         sigma_max: upper bound of sigma. Default: 10 x the std of the embedding weights; for an embedding
             module without a weight matrix, 10 x the std of each probe batch's clean embeddings (pass a
@@ -96,8 +105,8 @@ class InfoFlowEstimator:
         memory_budget: bytes for one chunk's activations plus one step's noise for all copies; default:
             60% of free memory on CUDA, 2 GiB on CPU. The chunking never changes the noise drawn.
         pad_token_id: id that marks padding when the batch is a bare tensor without ``attention_mask``.
-        tol: stop early when no ``log sigma`` moved more than this over ``check_every`` steps.
-        check_every: steps between convergence checks (the only host-device synchronisations).
+        check_every: steps between the checks of ``steps="auto"`` (the loop's only host-device
+            synchronisations), and the window over which a check averages the gradients.
         seed: seed of the estimator's private noise generator; the global RNG is never used.
         normalisation: the per-unit scale ``var_e`` of Eq. 7: ``"tokens"`` (default), each hidden unit's
             variance over every real token of the probe; ``"sentences"`` (the paper's authors' code), its
@@ -146,7 +155,7 @@ class InfoFlowEstimator:
         embedding: str = "auto",
         *,
         lam: float = 0.1,
-        steps: int = 100,
+        steps: Union[int, Literal["auto"]] = "auto",
         samples: int = 4,
         sigma_max: Optional[float] = None,
         position: Position = "all",
@@ -155,14 +164,16 @@ class InfoFlowEstimator:
         chunk_size: Union[int, Literal["auto"]] = "auto",
         memory_budget: Optional[int] = None,
         pad_token_id: Optional[int] = None,
-        tol: float = 1e-3,
-        check_every: int = 25,
+        max_steps: int = 300,
+        target_error: float = 0.03,
+        check_every: int = 10,
         seed: int = 0,
         normalisation: str = "tokens",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"`model` must be an nn.Module, got {type(model).__name__}")
-        check_settings(lam, steps, samples, sigma_max, lr, warm_lr, chunk_size, memory_budget, tol, check_every)
+        check_settings(lam, steps, samples, sigma_max, lr, warm_lr, chunk_size, memory_budget, max_steps,
+                       target_error, check_every)
         check_position(position)
         check_normalisation(normalisation)
         self.normalisation = normalisation
@@ -176,7 +187,8 @@ class InfoFlowEstimator:
         self.chunk_size = chunk_size
         self.memory_budget = memory_budget
         self.pad_token_id = pad_token_id
-        self.tol = float(tol)
+        self.max_steps = max_steps
+        self.target_error = float(target_error)
         self.check_every = check_every
         self.seed = int(seed)
         self._runner = ProbeRunner.resolve(model, layers, embedding)
@@ -216,7 +228,7 @@ class InfoFlowEstimator:
         self,
         batch: inputs.Batch,
         *,
-        steps: Optional[int] = None,
+        steps: Union[int, Literal["auto"], None] = None,
         init: Optional[InfoFlowResult] = None,
         reference: Optional[inputs.Batch] = None,
         tokens: Optional[list[list[str]]] = None,
@@ -229,7 +241,7 @@ class InfoFlowEstimator:
                 ``input_ids`` (and ``attention_mask``; other entries are passed through: tensors and
                 lists with one item per sentence are repeated with the sentences, anything else is
                 passed unchanged to every copy).
-            steps: optimisation steps for this call; default: the estimator's ``steps``.
+            steps: optimisation steps for this call (an int or ``"auto"``); default: the estimator's ``steps``.
             init: a previous result for the same sentences and layers to start from (warm start).
             reference: a batch whose hidden states give the normalisation ``var_e``; default: ``batch``.
             tokens: word strings per sentence, stored in the result for labels.
@@ -286,8 +298,9 @@ class InfoFlowEstimator:
     # ------------------------------------------------------------------ optimisation
 
     def _optimise(self, prep: PreparedProbe, init: Optional[InfoFlowResult], tokens: Optional[list[list[str]]],
-                  on_step: Optional[Callable[[int, int], None]], steps: int, samples: int) -> InfoFlowResult:
-        """Closed-form (or warm) start, then ``steps`` of SGD on ``log sigma``; the result of Eq. 7."""
+                  on_step: Optional[Callable[[int, int], None]], steps: Union[int, str],
+                  samples: int) -> InfoFlowResult:
+        """Closed-form (or warm) start, then SGD on ``log sigma`` (:mod:`~lightning_infoflow.core.refine`)."""
         device = prep.mask.device
         n_rows, bsz = len(prep.rows), prep.batch_size
         copies = n_rows * samples * bsz
@@ -295,7 +308,6 @@ class InfoFlowEstimator:
         # (``position`` past a sentence's end leaves that sentence without a state: NaN rows).
         has_state = torch.stack([sm.sum(1) > 0 for sm in prep.state_masks])  # [L, B]
         words = prep.mask.unsqueeze(0) & has_state.unsqueeze(-1)  # [L, B, T]
-        log_max = math.log(prep.noise_scale)
         gen = torch.Generator(device=device).manual_seed(self.seed)
         scorer = ChunkScorer(self._runner, prep, samples)
         per_copy = scorer.bytes_per_copy(rows=min(copies, 4)) if self.chunk_size == "auto" else 0.0
@@ -308,68 +320,21 @@ class InfoFlowEstimator:
             log_sigma = warm_start(init, prep, device)
         else:
             log_sigma = closed_form(prep, scorer, bounds, samples, gen, self.lam)
-        log_sigma = log_sigma.clamp(max=log_max).masked_fill(~words, 0.0)
+        log_sigma = log_sigma.clamp(max=math.log(prep.noise_scale)).masked_fill(~words, 0.0)
         log_sigma = log_sigma.contiguous().requires_grad_(True)
-        # Step size schedule eta_t = lr / (1 + t / tau): a warm start enters the schedule where the step
-        # is ``warm_lr`` (a good start point is kept, not shaken by the first steps).
-        offset = _TAU * (self.lr / self.warm_lr - 1.0) if init is not None else 0.0
+        plan = Plan(steps=steps, max_steps=self.max_steps, target_error=self.target_error,
+                    check_every=self.check_every, lr=self.lr, warm_lr=self.warm_lr, lam=self.lam, samples=samples,
+                    warm=init is not None)
         step_noise = StepNoise(words)
-        recon, steps_run = self._refine(log_sigma, prep, scorer, bounds, words, samples, gen,
-                                        steps, offset, on_step, step_noise)
-        return self._result(prep, log_sigma.detach(), words, recon, (steps_run, samples, chunk), step_noise, init,
-                            tokens)
+        outcome = Refiner(prep, scorer, bounds, words, gen, plan).run(log_sigma, step_noise, on_step)
+        return self._result(prep, log_sigma.detach(), words, outcome, (plan, chunk), step_noise, init, tokens)
 
-    def _refine(self, log_sigma: Tensor, prep: PreparedProbe, scorer: ChunkScorer, bounds: list[tuple[int, int]],
-                words: Tensor, samples: int, gen: torch.Generator, steps: int, offset: float,
-                on_step: Optional[Callable[[int, int], None]], step_noise: StepNoise) -> tuple[Tensor, int]:
-        """SGD on ``log sigma`` in place; returns the last step's reconstruction term per row and the steps run.
-
-        ``step_noise`` records each step's gradient for the estimator's own standard error.
-        """
-        device = prep.mask.device
-        n_rows, bsz, seq, dim = len(prep.rows), prep.batch_size, prep.seq_len, prep.embedding_dim
-        copies = n_rows * samples * bsz
-        g_idx = torch.arange(copies, device=device) // (samples * bsz)
-        b_idx = torch.arange(copies, device=device) % bsz
-        real = prep.mask.float()
-        log_max = math.log(prep.noise_scale)
-        recon = torch.zeros(n_rows, device=device)
-        prior_grad = -words.float()
-        last_check = log_sigma.detach().clone()
-        steps_run = 0
-        for step in range(steps):
-            grad = prior_grad.clone()
-            recon = torch.zeros(n_rows, device=device)
-            z_all = torch.randn((copies, seq, dim), generator=gen, device=device)
-            for a, b in bounds:
-                with torch.enable_grad():
-                    sig = log_sigma.exp()[g_idx[a:b], b_idx[a:b]]
-                    noise = (sig * real[b_idx[a:b]]).unsqueeze(-1) * z_all[a:b]
-                    err = scorer.errors(a, b, prep.x[b_idx[a:b]] + noise)
-                    loss = err.sum() / (dim * self.lam * samples)
-                    grad += torch.autograd.grad(loss, log_sigma)[0]
-                recon.index_add_(0, g_idx[a:b], err.detach() / (dim * self.lam * samples))
-            eta = self.lr / (1.0 + (step + offset) / _TAU)
-            grad.clamp_(-1.0, _MAX_GRAD)
-            step_noise.record(grad, eta, log_sigma.detach() < log_max - 1e-4)
-            log_sigma.sub_(eta * grad)
-            log_sigma.clamp_(max=log_max)
-            steps_run = step + 1
-            if on_step is not None:
-                on_step(steps_run, steps)
-            if steps_run % self.check_every == 0 and steps_run < steps:
-                moved = float((log_sigma - last_check).abs().max())  # the loop's only synchronisation
-                if moved < self.tol:
-                    break
-                last_check = log_sigma.detach().clone()
-        return recon, steps_run
-
-    def _result(self, prep: PreparedProbe, log_sigma: Tensor, words: Tensor, recon: Tensor,
-                run: tuple[int, int, int], step_noise: StepNoise, init: Optional[InfoFlowResult],
+    def _result(self, prep: PreparedProbe, log_sigma: Tensor, words: Tensor, outcome: Outcome,
+                run: tuple[Plan, int], step_noise: StepNoise, init: Optional[InfoFlowResult],
                 tokens: Optional[list[list[str]]]) -> InfoFlowResult:
-        """The result (``run``: steps run, samples, chunk size), with words whose layer was not finite under
-        the noise flagged (and warned about)."""
-        steps_run, samples, chunk = run
+        """The result (``run``: the plan and the chunk size), with words whose layer was not finite under the
+        noise flagged (and warned about)."""
+        plan, chunk = run
         n_rows, bsz = len(prep.rows), prep.batch_size
         log_max = math.log(prep.noise_scale)
         unstable = words & ~torch.isfinite(log_sigma)
@@ -377,7 +342,12 @@ class InfoFlowEstimator:
         sigma = log_sigma.exp().masked_fill(~words, float("nan"))
         # Final loss per layer: prior term plus the last step's reconstruction term, per sentence.
         prior = -(log_sigma * words).sum(dim=(1, 2))
-        loss_val = (prior + recon) / bsz if steps_run else torch.full((n_rows,), float("nan"))
+        steps_run = outcome.steps_run
+        loss_val = (prior + outcome.recon) / bsz if steps_run else torch.full((n_rows,), float("nan"))
+        free = words & (log_sigma < log_max - 1e-4)
+        noise_se = step_noise.information_se(prep.embedding_dim, free)
+        if step_noise.steps == 0 and init is not None and init.noise_se is not None:
+            noise_se = init.noise_se.clone()  # a warm start that did not move keeps its start's noise
         return InfoFlowResult(
             layer_names=[r.name for r in prep.rows],
             sigma=sigma.float().cpu(),
@@ -387,11 +357,12 @@ class InfoFlowEstimator:
             at_bound=((log_sigma >= log_max - 1e-4) & words).cpu(),
             loss=loss_val.float().cpu(),
             tokens=tokens,
-            meta={"lam": self.lam, "steps_run": steps_run, "samples": samples, "chunk_size": chunk,
-                  "embedding": self.embedding_name, "warm_start": init is not None,
-                  "normalisation": self.normalisation},
+            meta={"lam": self.lam, "steps": plan.steps, "steps_run": steps_run, "samples": plan.samples,
+                  "chunk_size": chunk, "embedding": self.embedding_name, "warm_start": init is not None,
+                  "normalisation": self.normalisation, "stopped": outcome.stopped,
+                  "error": outcome.error, "target_error": self.target_error},
             unstable=unstable.cpu(),
-            noise_se=step_noise.information_se(prep.embedding_dim, words & (log_sigma < log_max - 1e-4)),
+            noise_se=noise_se,
             state_spread=prep.state_spread(),
         )
 

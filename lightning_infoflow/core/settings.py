@@ -6,9 +6,9 @@ import math
 from typing import Any, Optional
 
 
-def check_settings(lam: float, steps: int, samples: int, sigma_max: Optional[float], lr: float,
-                    warm_lr: Optional[float], chunk: Any, memory_budget: Optional[int], tol: float,
-                    check_every: int) -> None:
+def check_settings(lam: float, steps: Any, samples: int, sigma_max: Optional[float], lr: float,
+                   warm_lr: Optional[float], chunk: Any, memory_budget: Optional[int], max_steps: int,
+                   target_error: float, check_every: int) -> None:
     """Raise a ValueError naming the first bad setting of :class:`~lightning_infoflow.InfoFlowEstimator`."""
     if not (isinstance(lam, (int, float)) and lam > 0 and math.isfinite(lam)):
         raise ValueError(f"`lam` must be a positive number, got {lam!r}")
@@ -27,11 +27,18 @@ def check_settings(lam: float, steps: int, samples: int, sigma_max: Optional[flo
         raise ValueError(f"`memory_budget` must be a positive number of bytes, got {memory_budget!r}")
     if not (isinstance(check_every, int) and check_every > 0):
         raise ValueError(f"`check_every` must be a positive int, got {check_every!r}")
-    if not tol >= 0:
-        raise ValueError(f"`tol` must be >= 0 (0: never stop early), got {tol!r}")
+    if not (isinstance(max_steps, int) and not isinstance(max_steps, bool) and max_steps > 0):
+        raise ValueError(f"`max_steps` must be a positive int (the cap of steps='auto'), got {max_steps!r}")
+    if not (isinstance(target_error, (int, float)) and 0 < target_error < 1):
+        raise ValueError(f"`target_error` must be in (0, 1), e.g. 0.03 for about 3% error of sigma, "
+                         f"got {target_error!r}")
 
 
 def check_steps(steps: Any) -> None:
-    """Raise a ValueError unless ``steps`` is a non-negative int."""
-    if not (isinstance(steps, int) and steps >= 0):
-        raise ValueError(f"`steps` must be a non-negative int (0: closed-form start only), got {steps!r}")
+    """Raise a ValueError unless ``steps`` is ``"auto"`` or a non-negative int."""
+    if steps == "auto":
+        return
+    if not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 0):
+        raise ValueError(
+            f"`steps` must be 'auto' (stop at target_error) or a non-negative int (0: closed-form start only), "
+            f"got {steps!r}")

@@ -308,7 +308,7 @@ class InfoFlowCallback(Callback):
         started = schedule.clock()
         warm = self.state.previous is not None
         try:
-            result = self._estimate(trainer, self.estimator.warm_steps if warm else self.estimator.steps, step)
+            result = self._estimate(trainer, self.estimator.warm if warm else self.estimator.steps, step)
         except Exception as err:  # noqa: BLE001 - training must go on
             self.state.failures += 1
             self.state.previous = None  # the next analysis starts cold
@@ -331,12 +331,13 @@ class InfoFlowCallback(Callback):
             self._budget.spent(schedule.clock() - started, new_analysis=False)  # logging counts too
         self.state.last_step = step
 
-    def _estimate(self, trainer: Trainer, steps: int, step: int) -> InfoFlowResult:
+    def _estimate(self, trainer: Trainer, steps: Union[int, Literal["auto"]], step: int) -> InfoFlowResult:
         assert self._estimator is not None and self._probe is not None
         context: AbstractContextManager[Any] = (
             trainer.precision_plugin.forward_context() if self.estimator.precision == "training" else nullcontext()
         )
-        with context, _Progress(self._progress and trainer.is_global_zero, f"{self.name} step {step}", steps) as bar:
+        total = self.estimator.max_steps if steps == "auto" else int(steps)
+        with context, _Progress(self._progress and trainer.is_global_zero, f"{self.name} step {step}", total) as bar:
             if self._split(trainer):
                 return estimate_split(trainer, self._estimator, self._probe, self.state.layer_names,
                                       steps=steps, init=self.state.previous, on_step=bar.update)
@@ -406,6 +407,7 @@ class _Progress:
 
     def update(self, step: int, total: int) -> None:
         if self._bar is not None:
+            self._bar.total = total
             self._bar.n = step
             self._bar.refresh()
 

@@ -7,7 +7,7 @@ probe shares, whose sizes differ between ranks) block until all ranks arrive.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Callable, Literal, Optional, TypeVar, Union
 
 import torch
 from lightning.pytorch import Trainer
@@ -55,7 +55,7 @@ def estimate_split(
     probe: Probe,
     rows: list[str],
     *,
-    steps: int,
+    steps: Union[int, Literal["auto"]],
     init: Optional[InfoFlowResult],
     on_step: Callable[[int, int], None],
 ) -> InfoFlowResult:
