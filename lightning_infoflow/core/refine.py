@@ -87,6 +87,11 @@ class Refiner:
         self.log_max = math.log(prep.noise_scale)
         self.recon = torch.zeros(len(prep.rows), device=device)
 
+    def draw(self, shape: tuple[int, ...]) -> Tensor:
+        """One step's standard normal noise for every copy, ``[copies, T, K]``, from the private generator
+        (copies are ordered layer, sample, sentence)."""
+        return torch.randn(shape, generator=self.gen, device=self.prep.mask.device)
+
     def gradient(self, log_sigma: Tensor) -> Tensor:
         """One step's clipped gradient of Eq. 7 in ``log sigma`` from ``samples`` fresh draws ``[L, B, T]``;
         sets ``recon`` to this step's reconstruction term per row."""
@@ -95,7 +100,7 @@ class Refiner:
         grad = -self.words.float()
         recon = torch.zeros(len(prep.rows), device=log_sigma.device)
         real = prep.mask.float()
-        z_all = torch.randn((len(self.g_idx), prep.seq_len, dim), generator=self.gen, device=log_sigma.device)
+        z_all = self.draw((len(self.g_idx), prep.seq_len, dim))
         for a, b in self.bounds:
             g_idx, b_idx = self.g_idx[a:b], self.b_idx[a:b]
             with torch.enable_grad():
