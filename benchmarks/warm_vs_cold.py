@@ -119,9 +119,9 @@ def _sweep_run(args: argparse.Namespace) -> tuple[Any, Any, list[tuple[int, Any]
 
 def _minilm(args: argparse.Namespace) -> tuple[Any, Any, list[tuple[int, Any]]]:
     """Fine-tune MiniLM (a fresh 2-class head) with AdamW, keeping its weights at each step of the schedule."""
+    from common import minilm_dir, probe_batch, sst2_path
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from common import minilm_dir, probe_batch, sst2_path
     from lightning_infoflow import InfoFlowEstimator
 
     torch.manual_seed(0)

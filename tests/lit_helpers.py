@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import lightning.pytorch as L
 import torch
+from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -87,3 +88,21 @@ def tiny_checkpoint(path: str) -> str:
     trainer.fit(TinyClassifier(dropout=0.0), loaders()[0])
     trainer.save_checkpoint(path)
     return path
+
+
+def quick_trainer(tmp_path: Any, callbacks: list, **kw: Any) -> L.Trainer:
+    """A quiet Trainer of 6 steps on the CPU: CSVLogger in ``tmp_path``, no validation, no checkpoints."""
+    defaults: dict[str, Any] = {
+        "max_steps": 6, "enable_progress_bar": False, "enable_model_summary": False, "enable_checkpointing": False,
+        "logger": CSVLogger(tmp_path), "default_root_dir": tmp_path, "callbacks": callbacks,
+        "num_sanity_val_steps": 0, "limit_val_batches": 0,
+    }
+    defaults.update(kw)
+    return L.Trainer(**defaults)
+
+
+def fit_tiny(trainer: L.Trainer, model: Optional[L.LightningModule] = None, **kw: Any) -> L.LightningModule:
+    """Fit ``model`` (a new TinyClassifier by default) on the tiny training data; returns the model."""
+    model = model if model is not None else TinyClassifier()
+    trainer.fit(model, loaders()[0], **kw)
+    return model

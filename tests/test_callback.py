@@ -205,8 +205,10 @@ def test_mlflow_gets_figures(tmp_path):
 
     fig = Figure()
     fig.subplots().plot([0, 1])
-    Sinks("infoflow").log_analysis(logger, {"infoflow/analysis_seconds": 1.0}, {"infoflow/curves": (fig, "c")}, step=3,
-                                   image_dir=str(tmp_path))
+    sinks = Sinks("infoflow")
+    sinks.log_scalars(logger, {"infoflow/analysis_seconds": 1.0}, step=3)  # on the training thread
+    sinks.log_figures(logger, {"infoflow/analysis_seconds": 1.0}, {"infoflow/curves": (fig, "c")}, step=3,
+                      image_dir=str(tmp_path))  # on the worker
     logger.log_metrics.assert_called_once_with({"infoflow/analysis_seconds": 1.0}, step=3)
     logger.experiment.log_figure.assert_called_once_with("run", fig, "infoflow__curves_step00000003.png")
     assert not glob.glob(os.path.join(tmp_path, "*.png"))

@@ -19,29 +19,13 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
 from lightning.pytorch.loggers import CSVLogger
-from lit_helpers import TinyClassifier, loaders, probe_ids
+from lit_helpers import TinyClassifier, fit_tiny, probe_ids, quick_trainer
 from matplotlib.figure import Figure
 
 from lightning_infoflow import EstimatorConfig, InfoFlowCallback, InfoFlowEstimator, InfoFlowResult
 from lightning_infoflow.testing import TransformerClassifier
 
 FAST: dict[str, Any] = {"estimator": EstimatorConfig(steps=3, warm_steps=1, samples=2), "max_overhead": None}
-
-
-def _trainer(tmp_path: Any, callbacks: list, **kw: Any) -> L.Trainer:
-    defaults: dict[str, Any] = {
-        "max_steps": 6, "enable_progress_bar": False, "enable_model_summary": False, "enable_checkpointing": False,
-        "logger": CSVLogger(tmp_path), "default_root_dir": tmp_path, "callbacks": callbacks,
-        "num_sanity_val_steps": 0, "limit_val_batches": 0,
-    }
-    defaults.update(kw)
-    return L.Trainer(**defaults)
-
-
-def _fit(trainer: L.Trainer, model: L.LightningModule | None = None, **kw: Any) -> L.LightningModule:
-    model = model if model is not None else TinyClassifier()
-    trainer.fit(model, loaders()[0], **kw)
-    return model
 
 
 class _StepCounter(L.Callback):
@@ -89,9 +73,9 @@ def test_a_file_where_the_folder_should_be_fails_at_setup(tmp_path, where):
     with open(os.path.join(logger.log_dir, "infoflow", where), "w") as f:
         f.write("not a folder")
     counter = _StepCounter()
-    trainer = _trainer(tmp_path, [InfoFlowCallback(probe_ids(), **FAST), counter], logger=logger)
+    trainer = quick_trainer(tmp_path, [InfoFlowCallback(probe_ids(), **FAST), counter], logger=logger)
     with pytest.raises(ValueError, match=rf"{where} folder .* is a file, not a folder; remove it or choose another"):
-        _fit(trainer)
+        fit_tiny(trainer)
     assert counter.started == 0
 
 
@@ -110,26 +94,30 @@ def test_read_only_results_folder_fails_at_setup(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tempfile, "mkstemp", read_only)
     counter = _StepCounter()
-    trainer = _trainer(tmp_path, [InfoFlowCallback(probe_ids(), **FAST), counter], logger=logger)
+    trainer = quick_trainer(tmp_path, [InfoFlowCallback(probe_ids(), **FAST), counter], logger=logger)
     with pytest.raises(ValueError, match=r"results folder .* is not writable .*Permission denied.*fix its permissions"):
-        _fit(trainer)
+        fit_tiny(trainer)
     assert counter.started == 0
 
 
 def test_disk_full_mid_run_is_a_warning_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    # The disk is full from the result file of step 5 until that of step 10: the files of one analysis are
+    # written in order (the result, then the figures), on the background writer when it is on.
     full = {"on": False}
 
-    class DiskFullAtStepFive(L.Callback):  # runs before InfoFlowCallback in each hook
-        def on_train_batch_end(self, trainer, *args: Any) -> None:
-            full["on"] = trainer.global_step == 5
+    def result_of_step_five(obj: Any) -> bool:
+        step = _result_step(obj)
+        if step is not None:
+            full["on"] = step == 5
+        return step == 5
 
-    monkeypatch.setattr(torch, "save", _disk_full(torch.save, lambda obj: full["on"]))
+    monkeypatch.setattr(torch, "save", _disk_full(torch.save, result_of_step_five))
     monkeypatch.setattr(Figure, "savefig", _disk_full(Figure.savefig, lambda fig: full["on"]))
     cb = InfoFlowCallback(probe_ids(), every_n_train_steps=5, log_spaced=False, heatmaps=1, **FAST)
     logger = CSVLogger(tmp_path)
-    trainer = _trainer(tmp_path, [DiskFullAtStepFive(), cb], logger=logger, max_steps=10)
+    trainer = quick_trainer(tmp_path, [cb], logger=logger, max_steps=10)
     with pytest.warns(UserWarning, match=r"could not write the result file of the analysis at step 5 .*No space left"):
-        _fit(trainer)
+        fit_tiny(trainer)
     assert trainer.global_step == 10 and cb.state.steps == [0, 5, 10]  # training and later analyses went on
     results = os.path.join(logger.log_dir, "infoflow", "results")
     assert sorted(os.listdir(results)) == ["step_00000000.pt", "step_00000010.pt"]  # nothing partial, no temp file
@@ -153,8 +141,8 @@ class DiskFullOnRankZero(InfoFlowCallback):
 def test_ddp_write_failure_on_rank_zero_kills_and_hangs_no_rank(tmp_path):
     cb = DiskFullOnRankZero(probe_ids(), every_n_train_steps=3, log_spaced=False, heatmaps=0, **FAST)
     logger = CSVLogger(tmp_path, name="ddp")
-    trainer = _trainer(tmp_path, [cb], logger=logger, strategy="ddp_spawn", accelerator="cpu", devices=2)
-    _fit(trainer)  # an exception or a hang here would be the bug
+    trainer = quick_trainer(tmp_path, [cb], logger=logger, strategy="ddp_spawn", accelerator="cpu", devices=2)
+    fit_tiny(trainer)  # an exception or a hang here would be the bug
     log_dir = os.path.join(tmp_path, "ddp", "version_0")
     assert _logged_steps(log_dir, "infoflow/information/model.rnns.0") == [0, 3, 6]
     assert sorted(os.listdir(os.path.join(log_dir, "infoflow", "results"))) == ["step_00000000.pt", "step_00000006.pt"]
@@ -177,16 +165,17 @@ def test_sigint_during_an_analysis_is_analysed_again_after_resume(tmp_path, monk
     handler = signal.getsignal(signal.SIGINT)
     kw = {"every_n_train_steps": 3, "log_spaced": False, "at_end": False, **FAST}
     cb = InfoFlowCallback(probe_ids(), **kw)
-    trainer = _trainer(tmp_path, [cb, OnExceptionCheckpoint(tmp_path / "ckpt")], max_steps=9, enable_checkpointing=True)
+    trainer = quick_trainer(tmp_path, [cb, OnExceptionCheckpoint(tmp_path / "ckpt")], max_steps=9,
+                            enable_checkpointing=True)
     try:
         with pytest.raises(SystemExit):  # Lightning's graceful shutdown on KeyboardInterrupt
-            _fit(trainer)
+            fit_tiny(trainer)
     finally:
         signal.signal(signal.SIGINT, handler)
     assert trainer.global_step == 6 and cb.state.steps == [0, 3]
 
     resumed = InfoFlowCallback(probe_ids(), **kw)
-    _fit(_trainer(tmp_path, [resumed], max_steps=9), ckpt_path=str(tmp_path / "ckpt" / "on_exception.ckpt"))
+    fit_tiny(quick_trainer(tmp_path, [resumed], max_steps=9), ckpt_path=str(tmp_path / "ckpt" / "on_exception.ckpt"))
     assert resumed.state.steps == [0, 3, 6, 9]  # step 6 analysed after all; no gap in the curve
     assert resumed.state.run_id == cb.state.run_id
 
@@ -206,11 +195,11 @@ def test_failed_analysis_is_analysed_again_after_resume(tmp_path, monkeypatch):
     cb = InfoFlowCallback(probe_ids(), **kw)
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=4, save_top_k=-1)
     with pytest.warns(UserWarning, match="analysis at step 4 failed"):
-        _fit(_trainer(tmp_path, [cb, ckpt], max_steps=8, enable_checkpointing=True))
+        fit_tiny(quick_trainer(tmp_path, [cb, ckpt], max_steps=8, enable_checkpointing=True))
     assert cb.state.steps == [0, 8] and cb.failures == 1
 
     resumed = InfoFlowCallback(probe_ids(), **kw)
-    _fit(_trainer(tmp_path, [resumed], max_steps=8), ckpt_path=str(tmp_path / "ckpt" / "epoch=0-step=4.ckpt"))
+    fit_tiny(quick_trainer(tmp_path, [resumed], max_steps=8), ckpt_path=str(tmp_path / "ckpt" / "epoch=0-step=4.ckpt"))
     assert resumed.state.steps == [0, 4, 8]
 
 
@@ -224,7 +213,7 @@ def test_two_callbacks_in_one_trainer_keep_their_own_namespace(tmp_path):
                              log_spaced=False, heatmaps=1, **FAST)
     logger = CSVLogger(tmp_path)
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=6)
-    _fit(_trainer(tmp_path, [lower, upper, ckpt], logger=logger, enable_checkpointing=True))
+    fit_tiny(quick_trainer(tmp_path, [lower, upper, ckpt], logger=logger, enable_checkpointing=True))
     for cb, layer, sentences in ((lower, "model.rnns.0", 4), (upper, "model.rnns.1", 2)):
         files = sorted(glob.glob(os.path.join(logger.log_dir, cb.name, "results", "*.pt")))
         assert [os.path.basename(p) for p in files] == ["step_00000000.pt", "step_00000003.pt", "step_00000006.pt"]
@@ -246,7 +235,7 @@ def test_two_callbacks_with_one_name_fail_at_setup(tmp_path):
     callbacks = [InfoFlowCallback(probe_ids(), layers="model.rnns.0", **FAST),
                  InfoFlowCallback(probe_ids(), layers="model.rnns.1", **FAST), counter]
     with pytest.raises(ValueError, match=r"two InfoFlowCallbacks .* name='infoflow'.*Give each its own `name=`"):
-        _fit(_trainer(tmp_path, callbacks))
+        fit_tiny(quick_trainer(tmp_path, callbacks))
     assert counter.started == 0
 
 
@@ -258,7 +247,7 @@ def test_run_id_in_every_result_and_kept_on_resume(tmp_path):
     cb = InfoFlowCallback(probe_ids(), **kw)
     logger = CSVLogger(tmp_path, name="first")
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1)
-    _fit(_trainer(tmp_path, [cb, ckpt], logger=logger, max_steps=4, enable_checkpointing=True))
+    fit_tiny(quick_trainer(tmp_path, [cb, ckpt], logger=logger, max_steps=4, enable_checkpointing=True))
     run_id = cb.state.run_id
     assert isinstance(run_id, str) and len(run_id) == 32 and int(run_id, 16) >= 0
     metas = [InfoFlowResult.load(p).meta for p in sorted(glob.glob(os.path.join(logger.log_dir, "infoflow", "results",
@@ -268,7 +257,7 @@ def test_run_id_in_every_result_and_kept_on_resume(tmp_path):
 
     resumed = InfoFlowCallback(probe_ids(), **kw)
     logger2 = CSVLogger(tmp_path, name="resumed")
-    _fit(_trainer(tmp_path, [resumed], logger=logger2, max_steps=6),
+    fit_tiny(quick_trainer(tmp_path, [resumed], logger=logger2, max_steps=6),
          ckpt_path=str(tmp_path / "ckpt" / "epoch=0-step=2.ckpt"))
     assert resumed.state.run_id == run_id and resumed.state.steps == [0, 2, 4, 6]
     assert InfoFlowResult.load(os.path.join(logger2.log_dir, "infoflow", "results", "step_00000006.pt")).meta[
@@ -285,11 +274,11 @@ def test_reused_callback_on_another_model_starts_a_new_cold_run(tmp_path, monkey
 
     monkeypatch.setattr(InfoFlowEstimator, "estimate", recording)
     cb = InfoFlowCallback(probe_ids(), every_n_train_steps=4, log_spaced=False, heatmaps=0, **FAST)
-    _fit(_trainer(tmp_path / "a", [cb], max_steps=4))
+    fit_tiny(quick_trainer(tmp_path / "a", [cb], max_steps=4))
     first_run = cb.state.run_id
     assert cb.state.steps == [0, 4] and inits == [False, True]
 
-    _fit(_trainer(tmp_path / "b", [cb], max_steps=4), model=TinyClassifier(lr=0.1))
+    fit_tiny(quick_trainer(tmp_path / "b", [cb], max_steps=4), model=TinyClassifier(lr=0.1))
     assert cb.state.steps == [0, 4]  # a fresh history, not [0, 4, 0, 4]
     assert inits == [False, True, False, True]  # the new model's first analysis starts cold
     assert cb.state.run_id != first_run and cb.last_result.meta["warm_start"] is True
@@ -308,14 +297,14 @@ def test_probe_longer_than_the_model_fails_at_setup_naming_max_length(tmp_path):
     counter = _StepCounter()
     cb = InfoFlowCallback(_long_probe(), layers="model.encoder.layers.*", **FAST)
     with pytest.raises(ValueError, match=r"fails on the probe's 70 tokens .* runs on its first 35.*max_length="):
-        _fit(_trainer(tmp_path, [cb, counter]), model=TinyClassifier(model=TransformerClassifier()))
+        fit_tiny(quick_trainer(tmp_path, [cb, counter]), model=TinyClassifier(model=TransformerClassifier()))
     assert counter.started == 0
 
 
 def test_max_length_cuts_the_probe_to_the_models_positions(tmp_path):
     cb = InfoFlowCallback(_long_probe(), max_length=64, layers="model.encoder.layers.*", every_n_train_steps=100,
                           log_spaced=False, at_end=False, heatmaps=0, **FAST)
-    _fit(_trainer(tmp_path, [cb], max_steps=1), model=TinyClassifier(model=TransformerClassifier()))
+    fit_tiny(quick_trainer(tmp_path, [cb], max_steps=1), model=TinyClassifier(model=TransformerClassifier()))
     assert cb.last_result.sigma.shape == (2, 3, 64) and len(cb.last_result.tokens[0]) == 64
     assert torch.isfinite(cb.last_result.layer_information).all()
 
@@ -336,13 +325,13 @@ def test_max_length_reaches_the_tokenizer(tmp_path):
 
     cb = InfoFlowCallback(["abcdefghijkl", "mnopqrstuvwx"], tokenizer=Tokenizer(), max_length=8,
                           every_n_train_steps=100, log_spaced=False, at_end=False, heatmaps=0, **FAST)
-    _fit(_trainer(tmp_path, [cb], max_steps=1))
+    fit_tiny(quick_trainer(tmp_path, [cb], max_steps=1))
     assert seen == [(True, 8)] and cb.last_result.sigma.shape == (2, 2, 8)
 
 
 @pytest.mark.parametrize("precision", ["bf16-true", "16-true", "64-true"])
 def test_models_trained_in_other_precisions_are_measured(tmp_path, precision):
     cb = InfoFlowCallback(probe_ids(), every_n_train_steps=2, log_spaced=False, heatmaps=0, **FAST)
-    _fit(_trainer(tmp_path, [cb], max_steps=4, precision=precision))
+    fit_tiny(quick_trainer(tmp_path, [cb], max_steps=4, precision=precision))
     assert cb.failures == 0 and cb.state.steps == [0, 2, 4]
     assert torch.isfinite(cb.last_result.layer_information).all() and cb.last_result.sigma.dtype == torch.float32

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -13,22 +12,23 @@ from lightning.pytorch.loggers.logger import DummyLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
-from typing_extensions import Self, override
+from typing_extensions import override
 
 from lightning_infoflow.core.estimator import InfoFlowEstimator
 from lightning_infoflow.core.probe import Probe, ProbeLike
 from lightning_infoflow.core.result import InfoFlowResult
 from lightning_infoflow.lightning import schedule
-from lightning_infoflow.lightning.config import EstimatorConfig
+from lightning_infoflow.lightning.config import EstimatorConfig, check_arguments
 from lightning_infoflow.lightning.distributed import agree, estimate_split, refuse_sharded
 from lightning_infoflow.lightning.hooks import HookOutput, InfoFlowHook
 from lightning_infoflow.lightning.probing import build_checked_probe
+from lightning_infoflow.lightning.progress import Progress
 from lightning_infoflow.lightning.publish import Publisher
 from lightning_infoflow.lightning.schedule import OverheadBudget, Schedule
 from lightning_infoflow.lightning.state import RunState
 from lightning_infoflow.lightning.target import find_target
+from lightning_infoflow.lightning.worker import FIGURES
 
-_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _DEFAULT_ESTIMATOR = EstimatorConfig()
 
 
@@ -52,6 +52,12 @@ class InfoFlowCallback(Callback):
       ``<log_dir>/<name>/findings.md``);
     - each result, ``<log_dir>/<name>/results/step_XXXXXXXX.pt`` (written atomically), a plain dict that
       ``torch.load(path, weights_only=True)`` reads; its ``meta`` holds ``name``, ``step`` and ``run_id``.
+
+    The training step waits for the estimate, ``trainer.callback_metrics`` and the scalars only: the result
+    file, the figures and their images are written by a background thread, in order (see
+    :mod:`~lightning_infoflow.lightning.worker`). When it is two analyses behind, the next analysis waits
+    for it; a checkpoint, the end of training and an exception in training wait for every pending write,
+    so the files on disk always hold every analysis that a checkpoint or the end of ``fit`` counts as done.
 
     The analysis never changes the training (modes, RNG, parameters and gradients are restored) and never
     ends it: a failure of ours is a warning and the next analysis tries again. Under DDP the probe is
@@ -86,6 +92,8 @@ class InfoFlowCallback(Callback):
         hooks: extra analyses published with each analysis, e.g. ``SaliencyHook``, ``AttributesHook``
             (see :mod:`lightning_infoflow.lightning.hooks`).
         distributed: ``"split"`` or ``"rank_zero"`` with several processes (see above).
+        background: write result files and figures on a background thread (above); ``False`` writes them
+            on the training thread before the training step goes on.
 
     Raises:
         ValueError: invalid arguments here; at ``setup``: no logger, unknown layers, a probe the model
@@ -120,9 +128,10 @@ class InfoFlowCallback(Callback):
         heatmaps: int = 4,
         hooks: Sequence[InfoFlowHook] = (),
         distributed: Literal["split", "rank_zero"] = "split",
+        background: bool = True,
     ) -> None:
-        _validate(every_n_train_steps, max_length, num_sentences, max_overhead, name, estimator, heatmaps, hooks,
-                  distributed)
+        check_arguments(every_n_train_steps, max_length, num_sentences, max_overhead, name, estimator, heatmaps,
+                        hooks, distributed, background)
         self.probe = probe
         self.tokenizer = tokenizer
         self.max_length = max_length
@@ -139,10 +148,11 @@ class InfoFlowCallback(Callback):
         self.heatmaps = heatmaps
         self.hooks = list(hooks)
         self.distributed = distributed
+        self.background = background
 
         self._schedule = Schedule(every_n_train_steps, log_spaced)
         self._budget = OverheadBudget(max_overhead)
-        self._publisher = Publisher(name, heatmaps)
+        self._publisher = Publisher(name, heatmaps, background)
         self._probe: Optional[Probe] = None
         self._estimator: Optional[InfoFlowEstimator] = None
         self._enabled = True
@@ -286,11 +296,22 @@ class InfoFlowCallback(Callback):
             self._analyse(trainer, pl_module)
         self._budget.stop()
         if self._enabled and trainer.is_global_zero:
+            self._publisher.close()  # every pending result file and figure first
             self._publisher.publish_findings(trainer, self.state)
             self._publisher.finish(trainer)
         if self._enabled and trainer.world_size > 1:
             # every rank waits for rank 0's last analysis and logging before the process group goes away
             trainer.strategy.barrier("infoflow_end")
+
+    @override
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        # before Lightning finalizes the loggers: the analyses done so far keep their files and figures
+        if self._enabled and trainer.is_global_zero:
+            self._publisher.finish(trainer)
+
+    @override
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._publisher.close()
 
     # ------------------------------------------------------------------ one analysis
 
@@ -337,7 +358,7 @@ class InfoFlowCallback(Callback):
             trainer.precision_plugin.forward_context() if self.estimator.precision == "training" else nullcontext()
         )
         total = self.estimator.max_steps if steps == "auto" else int(steps)
-        with context, _Progress(self._progress and trainer.is_global_zero, f"{self.name} step {step}", total) as bar:
+        with context, Progress(self._progress and trainer.is_global_zero, f"{self.name} step {step}", total) as bar:
             if self._split(trainer):
                 return estimate_split(trainer, self._estimator, self._probe, self.state.layer_names,
                                       steps=steps, init=self.state.previous, on_step=bar.update)
@@ -345,73 +366,30 @@ class InfoFlowCallback(Callback):
                                             tokens=self._probe.tokens, on_step=bar.update)
 
     def _run_hooks(self, result: InfoFlowResult, step: int) -> HookOutput:
-        assert self._estimator is not None and self._probe is not None
         out = HookOutput()
         for hook in self.hooks:
-            try:
-                out.update(hook(self._estimator, self._probe, result))
-            except Exception as err:  # noqa: BLE001 - the information itself is still logged
-                rank_zero_warn(f"InfoFlowCallback: {type(hook).__name__} at step {step} failed "
-                               f"({type(err).__name__}: {err}); the information is logged without it")
+            with FIGURES:  # a hook may build figures while the worker draws others
+                out.update(self._run_hook(hook, result, step))
         return out
+
+    def _run_hook(self, hook: InfoFlowHook, result: InfoFlowResult, step: int) -> HookOutput:
+        assert self._estimator is not None and self._probe is not None
+        try:
+            return hook(self._estimator, self._probe, result)
+        except Exception as err:  # noqa: BLE001 - the information itself is still logged
+            rank_zero_warn(f"InfoFlowCallback: {type(hook).__name__} at step {step} failed "
+                           f"({type(err).__name__}: {err}); the information is logged without it")
+            return HookOutput()
 
     # ------------------------------------------------------------------ checkpointing
 
     @override
     def state_dict(self) -> dict[str, Any]:
+        # a checkpoint counts an analysis as done only once its result file and figures are written
+        self._publisher.flush()
         return {**self.state.state_dict(), **self._budget.state_dict()}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.state.load_state_dict(state_dict)
         self._budget.load_state_dict(state_dict)
-
-
-def _validate(every_n_train_steps: Any, max_length: Any, num_sentences: Any, max_overhead: Any, name: Any,
-              estimator: Any, heatmaps: Any, hooks: Any, distributed: Any) -> None:
-    checks = [
-        ("every_n_train_steps", "a positive int", isinstance(every_n_train_steps, int) and every_n_train_steps > 0),
-        ("max_length", "a positive int or None",
-         max_length is None or (isinstance(max_length, int) and max_length > 0)),
-        ("num_sentences", "a positive int or None",
-         num_sentences is None or (isinstance(num_sentences, int) and num_sentences > 0)),
-        ("max_overhead", "a positive fraction or None", max_overhead is None or max_overhead > 0),
-        ("name", "a non-empty name of letters, digits, '_', '.' or '-' (a metric prefix and a folder)",
-         isinstance(name, str) and bool(_NAME.match(name))),
-        ("estimator", "an EstimatorConfig(...)", isinstance(estimator, EstimatorConfig)),
-        ("heatmaps", "a non-negative int", isinstance(heatmaps, int) and heatmaps >= 0),
-        ("hooks", "a list of InfoFlowHook", all(isinstance(h, InfoFlowHook) for h in hooks)),
-        ("distributed", "'split' or 'rank_zero'", distributed in ("split", "rank_zero")),
-    ]
-    for arg, wanted, ok in checks:
-        if not ok:
-            value = locals()[arg]
-            raise ValueError(f"InfoFlowCallback({arg}={value!r}): `{arg}` must be {wanted}")
-
-
-class _Progress:
-    """A tqdm bar over the estimator's steps, on rank 0 only, when the Trainer shows a progress bar."""
-
-    def __init__(self, enabled: bool, desc: str, total: int) -> None:
-        self.enabled = enabled and total > 0
-        self.desc = desc
-        self.total = total
-        self._bar: Any = None
-
-    def __enter__(self) -> Self:
-        if self.enabled:
-            from tqdm.auto import tqdm
-
-            self._bar = tqdm(total=self.total, desc=self.desc, leave=False, dynamic_ncols=True)
-        return self
-
-    def update(self, step: int, total: int) -> None:
-        if self._bar is not None:
-            self._bar.total = total
-            self._bar.n = step
-            self._bar.refresh()
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.close()
-

@@ -1,11 +1,14 @@
-"""EstimatorConfig: the estimator's settings for the callback, as one typed, immutable value."""
+"""The callback's settings: EstimatorConfig (the estimator's, as one typed, immutable value) and the checks of
+the callback's own arguments."""
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Literal, Optional, Union
 
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 PositionSpec = Union[Literal["all", "each"], int, tuple[int, ...]]
 
 
@@ -109,3 +112,29 @@ def _valid_position(value: Any) -> bool:
     if value in ("all", "each") or (isinstance(value, int) and not isinstance(value, bool)):
         return True
     return isinstance(value, tuple) and bool(value) and all(isinstance(p, int) for p in value)
+
+def check_arguments(every_n_train_steps: Any, max_length: Any, num_sentences: Any, max_overhead: Any, name: Any,
+                    estimator: Any, heatmaps: Any, hooks: Any, distributed: Any, background: Any) -> None:
+    """Raise a ``ValueError`` naming the first argument of :class:`~lightning_infoflow.InfoFlowCallback` that
+    is out of range, and what it must be."""
+    from lightning_infoflow.lightning.hooks import InfoFlowHook
+
+    checks = [
+        ("every_n_train_steps", "a positive int", isinstance(every_n_train_steps, int) and every_n_train_steps > 0),
+        ("max_length", "a positive int or None",
+         max_length is None or (isinstance(max_length, int) and max_length > 0)),
+        ("num_sentences", "a positive int or None",
+         num_sentences is None or (isinstance(num_sentences, int) and num_sentences > 0)),
+        ("max_overhead", "a positive fraction or None", max_overhead is None or max_overhead > 0),
+        ("name", "a non-empty name of letters, digits, '_', '.' or '-' (a metric prefix and a folder)",
+         isinstance(name, str) and bool(_NAME.match(name))),
+        ("estimator", "an EstimatorConfig(...)", isinstance(estimator, EstimatorConfig)),
+        ("heatmaps", "a non-negative int", isinstance(heatmaps, int) and heatmaps >= 0),
+        ("hooks", "a list of InfoFlowHook", all(isinstance(h, InfoFlowHook) for h in hooks)),
+        ("distributed", "'split' or 'rank_zero'", distributed in ("split", "rank_zero")),
+        ("background", "True or False", isinstance(background, bool)),
+    ]
+    for arg, wanted, ok in checks:
+        if not ok:
+            value = locals()[arg]
+            raise ValueError(f"InfoFlowCallback({arg}={value!r}): `{arg}` must be {wanted}")

@@ -1,20 +1,28 @@
-"""Publishing one analysis, on global rank 0: scalars, figures and the result file, in one pass.
+"""Publishing one analysis, on global rank 0: scalars at once, then figures and the result file in the background.
 
 Everything goes under the callback's namespace ``name``: metric keys ``<name>/<measure>/<layer>``,
 result files ``<run folder>/<name>/results/step_XXXXXXXX.pt`` (written atomically, once, in the run
 folder of the Trainer's first logger: see :func:`~lightning_infoflow.lightning.sinks.logger_dir`) and
-PNG figures ``<log_dir>/<name>/images/`` for loggers without an image API. A failure of one part (a
-full disk, a logger's error) is a warning naming the step; the other parts are still published and
-the next analysis tries again.
+PNG figures ``<log_dir>/<name>/images/`` for loggers without an image API.
+
+The training thread does only what must happen on it: ``trainer.callback_metrics`` and each logger's
+scalars (in order with Lightning's own logging; see :mod:`~lightning_infoflow.lightning.sinks`). The
+result file, the figures and their logging are one job of a :class:`~lightning_infoflow.lightning.worker.
+Worker`, run in order on its thread from a copy of everything it needs (``background=False`` runs it
+inline). :meth:`Publisher.flush` waits for the pending jobs: the callback calls it before a checkpoint is
+saved and when training ends or fails. A failure of one part (a full disk, a logger's error) is a warning
+naming the step; the other parts are still published and the next analysis tries again.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning.pytorch import Trainer
+from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
@@ -23,6 +31,7 @@ from lightning_infoflow.core.result import InfoFlowResult
 from lightning_infoflow.lightning.hooks import HookOutput
 from lightning_infoflow.lightning.sinks import MEASURES, Figures, Sinks, logger_dir
 from lightning_infoflow.lightning.state import Curves, RunState
+from lightning_infoflow.lightning.worker import FIGURES, Worker
 from lightning_infoflow.reporting.tables import INTERVAL_LEVEL
 
 if TYPE_CHECKING:
@@ -53,12 +62,14 @@ class Publisher:
     Args:
         name: the namespace: metric prefix and folder under each logger's run folder.
         heatmaps: layers x words heatmaps per analysis; 0 logs no figures at all.
+        background: write the result file and the figures on a background thread (``False``: inline).
     """
 
-    def __init__(self, name: str, heatmaps: int) -> None:
+    def __init__(self, name: str, heatmaps: int, background: bool = True) -> None:
         self.name = name
         self.heatmaps = heatmaps
         self.sinks = Sinks(name)
+        self.worker = Worker(f"infoflow-{name}", self._job_failed, background=background)
         self._run_dirs: list[str] = []
 
     def prepare(self, trainer: Trainer) -> None:
@@ -90,21 +101,45 @@ class Publisher:
         return out
 
     def publish(self, trainer: Trainer, result: InfoFlowResult, curves: Curves, extra: HookOutput) -> None:
-        """``trainer.callback_metrics``, the result file, the figures, then one write per logger."""
+        """``trainer.callback_metrics`` and each logger's scalars now; the result file and the figures as a job
+        of the worker (which waits first when it is ``max_pending`` jobs behind)."""
         step = int(result.meta["step"])
         scalars = self.scalars(result, float(result.meta.get("seconds", 0.0)))
         scalars.update({f"{self.name}/{k}": v for k, v in extra.scalars.items()})
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in scalars.items()})
+        for logger in trainer.loggers:
+            self._attempt(f"log to {type(logger).__name__}", step,
+                          lambda lg=logger: self.sinks.log_scalars(lg, scalars, step))
+        # a copy of all the job reads: later analyses (and the next warm start) must not change it
+        snapshot = InfoFlowResult.from_dict(copy.deepcopy(result.to_dict()))
+        curves = Curves(list(curves.steps), curves.information.clone(), curves.se.clone())
+        extra = HookOutput(dict(extra.scalars), dict(extra.figures), copy.deepcopy(extra.data))
+        targets = [(lg, os.path.join(folder, self.name, "images"))
+                   for lg, folder in zip(trainer.loggers, self._run_dirs)]
+        self.worker.submit(f"the analysis at step {step}",
+                           lambda: self._write(step, snapshot, curves, extra, scalars, targets))
+
+    def _write(self, step: int, result: InfoFlowResult, curves: Curves, extra: HookOutput,
+               scalars: dict[str, float], targets: list[tuple[Logger, str]]) -> None:
+        """The worker's job for one analysis: the result file, then the figures drawn and logged to each logger."""
         self._attempt("write the result file", step, lambda: self.save(result, extra.data))
         figures: dict[str, tuple[Figure, str]] = {}
-        if self.heatmaps:
-            self._attempt("draw the figures", step, lambda: figures.update(self.figures(result, curves, extra)))
-        for logger, folder in zip(trainer.loggers, self._run_dirs):
-            image_dir = os.path.join(folder, self.name, "images")
-            self._attempt(f"log to {type(logger).__name__}", step,
-                          lambda lg=logger, d=image_dir: self.sinks.log_analysis(lg, scalars, figures, step, d))
-        for fig, _ in figures.values():
-            fig.clear()
+        with FIGURES:
+            if self.heatmaps:
+                self._attempt("draw the figures", step, lambda: figures.update(self.figures(result, curves, extra)))
+            for logger, image_dir in targets:
+                self._attempt(f"log the figures to {type(logger).__name__}", step,
+                              lambda lg=logger, d=image_dir: self.sinks.log_figures(lg, scalars, figures, step, d))
+            for fig, _ in [*figures.values(), *extra.figures.values()]:
+                fig.clear()
+
+    def flush(self) -> None:
+        """Wait until the result files and figures of every analysis so far are written and logged."""
+        self.worker.flush()
+
+    def close(self) -> None:
+        """Wait for the pending jobs, then stop the worker's thread (the next analysis starts it again)."""
+        self.worker.close()
 
     def publish_findings(self, trainer: Trainer, state: RunState) -> None:
         """The guidance rules over the run's history, as Markdown, to every logger (rank 0, end of training).
@@ -132,7 +167,9 @@ class Publisher:
         self._attempt("apply the guidance rules", step, write)
 
     def finish(self, trainer: Trainer) -> None:
-        """Training ended: let each logger's writer close what it opened (rank 0)."""
+        """Training ended (or failed): wait for the pending jobs, then let each logger's writer close what it
+        opened (rank 0)."""
+        self.close()
         self._attempt("close the loggers' writers", -1, lambda: self.sinks.finish(trainer.loggers))
 
     def save(self, result: InfoFlowResult, data: dict[str, Any]) -> None:
@@ -143,6 +180,7 @@ class Publisher:
         atomic_write(path, lambda f: torch.save(content, f))
 
     def figures(self, result: InfoFlowResult, curves: Curves, extra: HookOutput) -> Figures:
+        """Heatmaps (up to ``heatmaps``), the curves against step (once there are any) and the hooks' figures."""
         from lightning_infoflow.reporting import figures
 
         out: dict[str, tuple[Figure, str]] = {}
@@ -156,6 +194,12 @@ class Publisher:
                 "sentences)")
         out.update({f"{self.name}/{tag}": value for tag, value in extra.figures.items()})
         return out
+
+    def _job_failed(self, label: str, err: Exception) -> None:
+        rank_zero_warn(
+            f"InfoFlowCallback(name={self.name!r}): could not write {label} ({type(err).__name__}: {err}). "
+            "Training continues and the next analysis tries again."
+        )
 
     def _attempt(self, what: str, step: int, action: Any) -> None:
         try:

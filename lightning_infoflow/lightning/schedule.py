@@ -117,8 +117,8 @@ class OverheadBudget:
         return (
             f"max_overhead={self.max_overhead} cannot hold on this run: its projected training time is "
             f"{training:.1f} s ({int(estimated_steps)} steps at {training / estimated_steps:.2f} s), a budget of "
-            f"{budget:.1f} s, and one analysis costs {self.first_seconds:.1f} s (the first one, figures and files "
-            f"included). Instead the callback runs only the first analysis and the one at the end of training "
+            f"{budget:.1f} s, and one analysis costs {self.first_seconds:.1f} s (the first one: the time "
+            f"training waited). Instead the callback runs only the first analysis and the one at the end of training "
             f"(about {2 * self.first_seconds:.0f} s, +{100 * 2 * self.first_seconds / max(training, 1e-9):.0f}% "
             "if the last costs as much as the first) and skips the others. For more analyses: a longer run, fewer "
             "probe sentences (num_sentences=...), a cheaper EstimatorConfig(steps=..., samples=...), or "

@@ -8,8 +8,15 @@ together, against the step metric ``<name>/step``), MLflow (``log_figure``); eve
 ``<log_dir>/<name>/images``. At the end of training the guidance (findings) goes to TensorBoard's text
 plugin (``<name>/findings``), the W&B run summary (``<name>/findings``), and for other loggers to
 ``<log_dir>/<name>/findings.md``. A logger type without a registered writer
-uses that default and is warned about once. Register a writer for your own logger with
-:func:`register_writer`::
+uses that default and is warned about once.
+
+Scalars and figures are logged on two threads (see :mod:`~lightning_infoflow.lightning.worker`):
+:meth:`LoggerWriter.log_scalars` runs on the training thread, in order with Lightning's own logging to
+the same logger, and :meth:`LoggerWriter.log_figures` on the background worker; a writer whose scalars
+must go in the same call as its figures (W&B: one history row per analysis) sets
+``scalars_with_figures = True`` and logs both in :meth:`LoggerWriter.log_analysis` on the worker.
+Figures are drawn with matplotlib's object-oriented API only (no pyplot), which works off the main
+thread. Register a writer for your own logger with :func:`register_writer`::
 
     class MyWriter(LoggerWriter):
         def log_figures(self, logger, figures, step, image_dir):
@@ -26,8 +33,10 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Any, Callable, Optional
 
+import torch
 from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
 
 from lightning_infoflow.core.files import atomic_write
 
@@ -64,17 +73,21 @@ class LoggerWriter:
 
     #: whether :meth:`log_figures` writes into ``image_dir`` (checked for writability at setup)
     writes_pngs = True
+    #: ``False``: :meth:`log_scalars` on the training thread, :meth:`log_figures` on the worker; ``True``: both
+    #: in one :meth:`log_analysis` call on the worker (for loggers that need them in one record)
+    scalars_with_figures = False
 
     def log_analysis(self, logger: Logger, namespace: str, scalars: Mapping[str, float], figures: Figures,
                      step: int, image_dir: str) -> None:
-        """One analysis: its scalars, then its figures (when there are any)."""
-        self.log_scalars(logger, scalars, step)
-        logger.save()
+        """One analysis at once, scalars and figures (called when :attr:`scalars_with_figures` is set)."""
+        self.log_scalars(logger, namespace, scalars, step)
         if figures:
             self.log_figures(logger, figures, step, image_dir)
 
-    def log_scalars(self, logger: Logger, scalars: Mapping[str, float], step: int) -> None:
+    def log_scalars(self, logger: Logger, namespace: str, scalars: Mapping[str, float], step: int) -> None:
+        """The scalars of one analysis, by ``log_metrics``, then ``logger.save()``."""
         logger.log_metrics(dict(scalars), step=step)
+        logger.save()
 
     def log_layout(self, logger: Logger, namespace: str) -> None:
         """Called once per logger before the first analysis: a place for dashboard layouts."""
@@ -111,8 +124,7 @@ class TensorBoardWriter(LoggerWriter):
         assert isinstance(logger, TensorBoardLogger)
         logger.experiment.add_custom_scalars(custom_scalars_layout(namespace))
 
-    def log_analysis(self, logger: Logger, namespace: str, scalars: Mapping[str, float], figures: Figures,
-                     step: int, image_dir: str) -> None:
+    def log_scalars(self, logger: Logger, namespace: str, scalars: Mapping[str, float], step: int) -> None:
         assert isinstance(logger, TensorBoardLogger)
         per_layer, rest = split_per_layer(scalars, namespace)
         runs = self._runs.setdefault((logger.log_dir, namespace), {})
@@ -124,12 +136,13 @@ class TensorBoardWriter(LoggerWriter):
             runs[layer].add_scalar(f"{namespace}/{measure}", value, global_step=step)
         for run in runs.values():
             run.flush()
-        super().log_analysis(logger, namespace, rest, figures, step, image_dir)
+        super().log_scalars(logger, namespace, rest, step)
 
     def log_figures(self, logger: Logger, figures: Figures, step: int, image_dir: str) -> None:
+        """Each figure as an image of the logger's run (``add_figure``'s output, drawn without pyplot)."""
         assert isinstance(logger, TensorBoardLogger)
         for tag, (fig, _caption) in figures.items():
-            logger.experiment.add_figure(tag, fig, global_step=step, close=False)
+            logger.experiment.add_image(tag, figure_to_rgb(fig), global_step=step, dataformats="HWC")
         logger.experiment.flush()
 
     def log_findings(self, logger: Logger, namespace: str, markdown: str, step: int, folder: str) -> None:
@@ -153,6 +166,7 @@ class WandbWriter(LoggerWriter):
     """
 
     writes_pngs = False
+    scalars_with_figures = True
 
     def log_layout(self, logger: Logger, namespace: str) -> None:
         assert isinstance(logger, WandbLogger)
@@ -270,14 +284,25 @@ class Sinks:
             return _DEFAULT
         return writer
 
-    def log_analysis(self, logger: Logger, scalars: Mapping[str, float], figures: Figures, step: int,
-                     image_dir: str) -> None:
-        """One analysis to one logger (its dashboard layout first, once)."""
+    def log_scalars(self, logger: Logger, scalars: Mapping[str, float], step: int) -> None:
+        """On the training thread: the logger's dashboard layout (once), then one analysis's scalars, unless
+        its writer logs them with the figures."""
         writer = self.writer(logger)
         if id(logger) not in self._layout_written:
             writer.log_layout(logger, self.namespace)
             self._layout_written.add(id(logger))
-        writer.log_analysis(logger, self.namespace, scalars, figures, step, image_dir)
+        if not writer.scalars_with_figures:
+            writer.log_scalars(logger, self.namespace, scalars, step)
+
+    def log_figures(self, logger: Logger, scalars: Mapping[str, float], figures: Figures, step: int,
+                    image_dir: str) -> None:
+        """On the worker, after :meth:`log_scalars`: one analysis's figures (and its scalars, for a writer that
+        logs them together)."""
+        writer = self.writer(logger)
+        if writer.scalars_with_figures:
+            writer.log_analysis(logger, self.namespace, scalars, figures, step, image_dir)
+        elif figures:
+            writer.log_figures(logger, figures, step, image_dir)
 
     def log_findings(self, logger: Logger, markdown: str, step: int, folder: str) -> None:
         """The guidance at the end of training to one logger (``folder``: ``<its log_dir>/<name>``)."""
@@ -308,10 +333,25 @@ def _png_of(fig: Figure) -> Callable[[IO[bytes]], None]:
     return write
 
 
+def figure_to_rgb(fig: Figure) -> Tensor:
+    """The figure drawn by the Agg canvas, ``[H, W, 3]`` uint8 (no pyplot, so any thread may call it)."""
+    canvas = _drawn(fig)
+    width, height = canvas.get_width_height()
+    rgba = torch.frombuffer(bytearray(canvas.buffer_rgba()), dtype=torch.uint8)
+    return rgba.view(height, width, 4)[:, :, :3].contiguous()
+
+
 def figure_to_pil(fig: Figure) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    """The figure drawn by the Agg canvas as an RGB PIL image (no pyplot)."""
     from PIL import Image
+
+    canvas = _drawn(fig)
+    return Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba()).convert("RGB")
+
+
+def _drawn(fig: Figure) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
-    return Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba()).convert("RGB")
+    return canvas
