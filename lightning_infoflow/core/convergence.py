@@ -45,6 +45,8 @@ Example::
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
@@ -63,6 +65,7 @@ class Convergence:
         self._last: Tensor | None = None
         self.iterate_var = torch.zeros(words.shape, device=words.device)
         self._free = words
+        self._room: Tensor | None = None
         self.new_window()
 
     def new_window(self) -> None:
@@ -72,10 +75,13 @@ class Convergence:
         self._noise_count = 0
         self.count = 0
 
-    def record(self, grad: Tensor, eta: float, free: Tensor) -> None:
-        """One step's gradient ``[L, B, T]`` (before the update), its step size and the words below the bound."""
+    def record(self, grad: Tensor, eta: float, free: Tensor, room: Optional[Tensor] = None) -> None:
+        """One step's gradient ``[L, B, T]`` (before the update), its step size, the words below the bound and
+        (optional) each word's room below the bound in ``log sigma``: a word pushed up (negative gradient) is
+        at most that far from its optimum, which lies at the bound or below it."""
         grad = grad.detach()
         self._free = free & self.words
+        self._room = room
         self._sum += grad
         self.count += 1
         if self._last is not None:
@@ -104,6 +110,8 @@ class Convergence:
         mean_grad = self._sum / self.count
         noise = self._noise_sum / self._noise_count
         per_word = (mean_grad.pow(2) - noise / self.count) / CURVATURE**2
+        if self._room is not None:  # pushed towards the bound: no farther from the optimum than from the bound
+            per_word = torch.where(mean_grad < 0, torch.minimum(per_word, self._room.pow(2)), per_word)
         distance = (per_word * free).sum(dim=(1, 2)) / count
         spread = ((per_word - distance[:, None, None]).pow(2) * free).sum(dim=(1, 2)) / (count - 1).clamp_min(1.0)
         iterate = (self.iterate_var * free).sum(dim=(1, 2)) / count

@@ -8,7 +8,9 @@ fixed (``steps=N``)
     ``offset``, where the step has fallen to ``warm_lr``).
 automatic (``steps="auto"``)
     the same steps, checked every ``check_every`` steps; the loop stops at the first check where every
-    layer's estimated error is at most ``target_error``, or after ``max_steps``. A warm start first
+    layer's estimated error is at most ``target_error``, or after ``max_steps``. A check averages the
+    gradients since the window began; a window spans at least ``check_every`` steps and about the last
+    third of the run, so the checks get quieter as the target gets finer. A warm start first
     *measures* for one window (gradients at the start point, no update): a model that did not change
     stops there, after ``check_every`` steps. Otherwise it takes one Newton step with the window's mean
     gradient, ``u -= g_bar / h`` (the whole distance on a quadratic, with ``check_every`` times the draws
@@ -125,7 +127,7 @@ class Refiner:
             grad = self.gradient(log_sigma)
             free = log_sigma.detach() < self.log_max - 1e-4
             eta = 0.0 if measuring else plan.eta(update)
-            conv.record(grad, eta, free)
+            conv.record(grad, eta, free, room=self.log_max - log_sigma.detach())
             if not measuring:
                 step_noise.record(grad, eta, free)
                 log_sigma.sub_(eta * grad).clamp_(max=self.log_max)
@@ -133,7 +135,7 @@ class Refiner:
             done += 1
             if on_step is not None:
                 on_step(done, plan.limit)
-            if plan.auto and conv.count >= plan.check_every:
+            if plan.auto and conv.count % plan.check_every == 0:
                 error = conv.error().tolist()  # the loop's only synchronisation
                 if conv.within(plan.target_error, benefit_of_doubt=measuring):
                     return Outcome(self.recon, done, error, "target")
@@ -141,5 +143,7 @@ class Refiner:
                     # then the schedule as if that window's steps had been taken (its draws are in the step)
                     log_sigma.sub_(conv.mean_gradient() / CURVATURE).clamp_(max=self.log_max)
                     measuring, update = False, plan.check_every
-                conv.new_window()
+                    conv.new_window()
+                elif conv.count >= done // 3:  # windows grow with the run: finer targets need quieter checks
+                    conv.new_window()
         return Outcome(self.recon, done, error, "max_steps" if plan.auto else "steps")
