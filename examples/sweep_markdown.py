@@ -83,10 +83,10 @@ def _findings_by_run(sweep: SweepRuns, vs: list[RuleVerdict], measures: dict[str
         fired = [f"{v.rule} ({v.directions[name]})" for v in vs if name in v.directions]
         m = measures[name]
         rows.append([name, _f(r["final_val_acc"]), "; ".join(fired) or "none", _f(m["stop_gap"], 3),
-                     _f(m["effective_words"], 2), f"{_f(m['largest_fall'], 1)} / {_f(m['collapse_bar'], 1)}"])
+                     _f(m["effective_words"], 2), f"{_f(100 * m['loss_improvement'], 1)}% ({m['judged_loss']})"])
     return _table(["run", "final dev acc", "rules fired (advice direction)", "stop - content log sigma, end "
-                   "(noisy_word_use: < 0.1)", "effective words, end", "largest fall between analyses / K log 2 "
-                   "(nats)"], rows)
+                   "(noisy_word_use: < 0.1)", "effective words, end", "loss improvement, first to last value "
+                   "(not_learning: < 2%)"], rows)
 
 
 def _correlation_table(rows: list[dict[str, Any]]) -> list[str]:

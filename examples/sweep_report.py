@@ -252,18 +252,19 @@ def run_measures(sweep: SweepRuns, name: str) -> dict[str, Any]:
     }
 
 
-def rule_margins(run: Any) -> dict[str, float]:
-    """How near each quiet rule came to firing on a run: the last layer's stop-word minus content-word mean
-    log sigma at the end (``noisy_word_use`` fires below 0.1), its effective words at the end
-    (``too_little_information`` compares them across runs), and the largest fall of any layer's information
-    between consecutive analyses against ``information_collapse``'s bar ``K log 2``."""
+def rule_margins(run: Any) -> dict[str, Any]:
+    """How near the rules came to firing on a run: the last layer's stop-word minus content-word mean log sigma
+    at the end (``noisy_word_use`` fires below 0.1), its effective words at the end, and the relative
+    improvement of the loss ``not_learning`` judges, with which loss it is (the rule fires below 2%)."""
     from lightning_infoflow.analysis import guidance
 
-    info = run.aligned_history()
-    falls = (info[:-1] - info[1:]).max() if info is not None and len(info) > 1 else torch.tensor(float("nan"))
+    # the rule with a bar no run clears reports its measurement on every run it can judge
+    judged = guidance.not_learning(list(zip(run.steps, run.loss_history())),
+                                   [p for p in run.val_losses() if p[0] <= run.steps[-1]], min_improvement=math.inf)
     return {"stop_gap": float(guidance.stop_word_gap(run.last)[0][-1]),
-            "effective_words": float(run.last.effective_words[-1]), "largest_fall": float(falls),
-            "collapse_bar": run.last.embedding_dim * math.log(guidance.COLLAPSE_SIGMA_RATIO)}
+            "effective_words": float(run.last.effective_words[-1]),
+            "loss_improvement": judged[0].measured["improvement"] if judged else float("nan"),
+            "judged_loss": judged[0].extra["loss"] if judged else "none"}
 
 
 def result_spreads(first: Any, early: Any, last: Any) -> dict[str, Any]:

@@ -22,7 +22,6 @@ _EXPORTS = {
     "Probe": "lightning_infoflow.core.probe",
     "build_probe": "lightning_infoflow.core.probe",
     "Finding": "lightning_infoflow.analysis.guidance",
-    "collapse_finding": "lightning_infoflow.analysis.guidance",
     "SaliencyResult": "lightning_infoflow.analysis.saliency",
     "saliency": "lightning_infoflow.analysis.saliency",
     "WordAttributes": "lightning_infoflow.analysis.attributes",
@@ -52,7 +51,6 @@ __all__ = [
     "WordAttributes",
     "attribute_figure",
     "build_probe",
-    "collapse_finding",
     "load_concepts",
     "saliency",
     "word_attributes",
@@ -60,7 +58,7 @@ __all__ = [
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from lightning_infoflow.analysis.attributes import WordAttributes, attribute_figure, load_concepts, word_attributes
-    from lightning_infoflow.analysis.guidance import Finding, collapse_finding
+    from lightning_infoflow.analysis.guidance import Finding
     from lightning_infoflow.analysis.saliency import SaliencyResult, saliency
     from lightning_infoflow.core.estimator import InfoFlowEstimator
     from lightning_infoflow.core.probe import Probe, build_probe

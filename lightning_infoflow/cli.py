@@ -43,6 +43,7 @@ from lightning_infoflow.reporting.console import (
 )
 from lightning_infoflow.reporting.findings import (
     compare_findings,
+    left_out,
     pick_score,
     run_findings,
 )
@@ -140,11 +141,9 @@ def main() -> None:
               help="Analyses to draw heatmaps for: first, last, peak, all or step numbers, comma-separated.")
 @click.option("--stop-words", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Stop-word list (words separated by white space) for the noisy-words rule.")
-@click.option("--min-words", type=click.FloatRange(min=0), default=guidance.TOO_LITTLE_ABSOLUTE, show_default=True,
-              help="Flag the run when its last layer keeps fewer effective words than this.")
 @_quiet_option
-def report(run_dir: str, out: str | None, steps_spec: str, stop_words: str | None, min_words: float,
-           progress: bool, quiet: bool) -> None:
+def report(run_dir: str, out: str | None, steps_spec: str, stop_words: str | None, progress: bool,
+           quiet: bool) -> None:
     """One run's report: information per layer against step, heatmaps of every probe sentence, effective
     words and the findings. Writes a self-contained HTML file and PNGs, and prints a summary. A run with
     several namespaces (several callbacks) gets one report per namespace."""
@@ -156,7 +155,7 @@ def report(run_dir: str, out: str | None, steps_spec: str, stop_words: str | Non
     for source in sources:
         folder = out if out is None or len(sources) == 1 else os.path.join(out, source.namespace)
         with progress_bars(progress and not quiet) as task:
-            run, path, findings = _report_one(source, folder, steps_spec, words, min_words, task)
+            run, path, findings = _report_one(source, folder, steps_spec, words, task)
         if quiet:
             click.echo(path)
         else:
@@ -164,7 +163,7 @@ def report(run_dir: str, out: str | None, steps_spec: str, stop_words: str | Non
 
 
 def _report_one(source: RunSource, out: str | None, steps_spec: str, stop_words: frozenset[str],
-                min_words: float, task: Progress) -> tuple[Run, str, list[guidance.Finding]]:
+                task: Progress) -> tuple[Run, str, list[guidance.Finding]]:
     try:
         run = load_run(source, progress=task)
     except RunError as err:
@@ -173,7 +172,7 @@ def _report_one(source: RunSource, out: str | None, steps_spec: str, stop_words:
         chosen = parse_steps(steps_spec, run.steps, peak=run.peak_index())
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--steps") from None
-    findings = run_findings(run, stop_words, absolute=min_words)
+    findings = run_findings(run, stop_words)
     out_dir = out or os.path.join(run.path, source.namespace, "report")
     return run, write_run_report(run, out_dir, findings, chosen, progress=task), findings
 
@@ -212,18 +211,17 @@ def _print_report(run: Run, path: str, findings: list[guidance.Finding], namespa
 @click.option("--metric", default=None,
               help="Validation scalar that ranks the runs [default: accuracy-like, else loss].")
 @click.option("--mode", type=click.Choice(["max", "min"]), default=None, help="Whether --metric is better high or low.")
-@click.option("--too-little-ratio", type=click.FloatRange(0, 1), default=guidance.TOO_LITTLE_RELATIVE,
-              show_default=True,
-              help="Flag a run whose last layer keeps fewer effective words than this fraction of the best run's.")
 @click.option("--stop-words", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Stop-word list (words separated by white space) for the noisy-words rule.")
 @_quiet_option
-def compare(run_dirs: tuple[str, ...], out: str, metric: str | None, mode: str | None, too_little_ratio: float,
-            stop_words: str | None, progress: bool, quiet: bool) -> None:
+def compare(run_dirs: tuple[str, ...], out: str, metric: str | None, mode: str | None, stop_words: str | None,
+            progress: bool, quiet: bool) -> None:
     """Runs side by side: per-layer information, last-layer saliency on the same probe sentences,
     hyperparameters, final validation metrics, then guidance. RUN_DIRS are log dirs, or the parent folder of
     a sweep: every run below it, at any depth (e.g. sweep/wd0.1/version_0), is compared. Each namespace of a
-    run counts as a run. Layers are aligned by their longest common dotted suffix (see below)."""
+    run counts as a run. Layers are aligned by their longest common dotted suffix (see below). A run that has
+    not learned (its loss improved by less than 2%) or whose last layer collapsed is marked and left out of
+    the comparison of information."""
     try:
         sources = list(dict.fromkeys(s for d in run_dirs for s in find_runs(d)))
     except RunError as err:
@@ -242,8 +240,7 @@ def compare(run_dirs: tuple[str, ...], out: str, metric: str | None, mode: str |
             scores, score_name = pick_score(matched.runs, metric, mode)
         except RunError as err:
             raise click.ClickException(str(err)) from None
-        findings = compare_findings(matched.runs, scores, score_name or "score", _stop_words(stop_words),
-                                    relative=too_little_ratio)
+        findings = compare_findings(matched.runs, _stop_words(stop_words))
         notes = aligned.notes + matched.notes
         path = write_comparison(matched.runs, out, findings, notes, progress=task)
     if quiet:
@@ -254,7 +251,7 @@ def compare(run_dirs: tuple[str, ...], out: str, metric: str | None, mode: str |
                    f"{matched.sentences} shared probe sentences")
     for note in notes:
         terminal.print(f"  [yellow]note[/yellow]: {note}")
-    tables = compare_tables(matched.runs)
+    tables = compare_tables(matched.runs, left_out(matched.runs, findings))
     for table in tables:
         terminal.print(render(table))
     print_definitions(terminal, tables)

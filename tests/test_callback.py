@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from lightning_infoflow import AttributesHook, EstimatorConfig, InfoFlowCallback, InfoFlowResult, SaliencyHook
 from lightning_infoflow.lightning.schedule import log_spaced_steps
 from lightning_infoflow.lightning.sinks import MEASURES
+from lightning_infoflow.reporting.runs import load_run
 
 FAST = dict(estimator=EstimatorConfig(steps=4, warm_steps=2, samples=2), max_overhead=None)
 
@@ -499,24 +500,66 @@ def test_failing_hook_is_a_warning_and_the_information_is_still_logged(tmp_path)
     assert data["norm_probe_size"] == 4
 
 
-def test_live_collapse_warning():
+def _spread_result(spread: list[float], step: int) -> InfoFlowResult:
+    return InfoFlowResult(["a", "b"], torch.ones(2, 1, 3), torch.ones(1, 3, dtype=torch.bool), 10.0, 8,
+                          meta={"step": step}, state_spread=torch.tensor(spread))
+
+
+def test_live_collapse_warning_once_per_layer_per_run():
     cb = InfoFlowCallback(probe_ids(), **FAST)
     state = cb.state
-    state.layer_names = ["a", "b"]
-    state.steps = [0, 100]
-    state.history = [torch.tensor([50.0, 40.0]), torch.tensor([49.0, 10.0])]  # layer b loses 75%
-    state.noise_se = [torch.tensor([0.2, 0.2])] * 2
-    # K = 8: a fall of 30 nats per word is sigma growing 42x in geometric mean, far beyond the 2x of the rule
-    state.previous = InfoFlowResult(["a", "b"], torch.ones(2, 1, 3), torch.ones(1, 3, dtype=torch.bool), 10.0, 8)
-    state.losses = [0.69, 0.69]  # while the loss does not improve
-    with pytest.warns(UserWarning, match="information_collapse"):
-        state.check_collapse()
-    state.losses = [0.69, 0.30]  # the loss improved a lot: compression, not collapse
-    import warnings
-
+    state.last = _spread_result([0.5, 0.3], 0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        state.check_collapse()  # no layer collapsed
+    state.last = _spread_result([0.5, 0.004], 100)
+    with pytest.warns(UserWarning, match=r"at step 100, \[warning\] collapsed_layer: b has collapsed: only 0.4% .*"
+                                         r"state spread below 0.01\. Try: .*lower the weight decay") as caught:
         state.check_collapse()
+    assert len(caught) == 1
+    state.last = _spread_result([0.5, 0.002], 200)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        state.check_collapse()  # b again: said once already
+    resumed = InfoFlowCallback(probe_ids(), **FAST).state
+    resumed.load_state_dict(state.state_dict())  # a resumed run is the same run
+    resumed.last = _spread_result([0.008, 0.002], 300)
+    with pytest.warns(UserWarning, match="collapsed_layer: a has collapsed") as caught:
+        resumed.check_collapse()
+    assert len(caught) == 1 and resumed.collapse_warned == {"a", "b"}
+
+
+def test_live_collapse_warning_from_the_callback_on_a_collapsed_model(tmp_path):
+    """Every word embedded as the same vector: each layer maps every sentence to the same states."""
+    module = TinyClassifier(lr=0.0, dropout=0.0)
+    with torch.no_grad():
+        module.model.emb.weight.copy_(torch.randn(16).expand_as(module.model.emb.weight))
+    cb = InfoFlowCallback(probe_ids(), every_n_train_steps=100, heatmaps=0, **FAST)
+    trainer = _trainer(tmp_path, [cb], max_steps=2, limit_val_batches=0)
+    with pytest.warns(UserWarning, match="collapsed_layer") as caught:
+        trainer.fit(module, loaders()[0])
+    assert cb.state.steps == [0, 1, 2]  # three analyses, one warning per layer, at the first
+    said = [str(w.message) for w in caught if "collapsed_layer" in str(w.message)]
+    assert len(said) == 2 and all(m.startswith("InfoFlowCallback: at step 0, ") for m in said)
+    assert {m.split("collapsed_layer: ")[1].split(" ")[0] for m in said} == {"model.rnns.0", "model.rnns.1"}
+
+
+def test_the_callback_keeps_the_validation_loss_the_reports_read(tmp_path):
+    """After each validation of the fit (not the sanity check, not a later ``validate``), the logged validation
+    loss at its step: the same points ``infoflow report`` reads from the logger, for the not_learning rule."""
+    cb = InfoFlowCallback(probe_ids(), every_n_train_steps=3, log_spaced=False, heatmaps=0, **FAST)
+    logger = CSVLogger(tmp_path)
+    trainer = _trainer(tmp_path, [cb], logger=logger, max_steps=6, val_check_interval=3, check_val_every_n_epoch=None,
+                       num_sanity_val_steps=1)
+    module = TinyClassifier()
+    trainer.fit(module, *loaders())
+    kept = list(cb.state.val_losses)
+    assert [s for s, _ in kept] == [2, 5]  # the loggers' step of a validation after optimizer steps 3 and 6
+    assert [s for s, _ in kept] == [s for s, _ in load_run(logger.log_dir).val_losses()]
+    assert [v for _, v in kept] == pytest.approx([v for _, v in load_run(logger.log_dir).val_losses()])
+    trainer.validate(module, loaders()[1], verbose=False)
+    assert cb.state.val_losses == kept
+    assert cb.state.state_dict()["val_loss_values"] == [v for _, v in kept]
 
 
 @pytest.mark.parametrize("bar", [True, False])

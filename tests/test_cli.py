@@ -65,8 +65,10 @@ def trained(tmp_path_factory) -> dict[str, str]:
 
 
 def write_run(log_dir: str, info_last: list[list[float]], tokens: list[list[str]], hparams: dict, acc: float,
-              steps=(0, 10, 20)) -> None:
-    """A run by hand: results whose last layer keeps ``info_last[k]`` nats of each word (one sentence per row)."""
+              steps=(0, 10, 20), val_loss: list[float] | None = None, last_spread: float = 0.5) -> None:
+    """A run by hand: results whose last layer keeps ``info_last[k]`` nats of each word (one sentence per row),
+    with state spread ``last_spread``; a training loss falling from 0.7 by 0.01 a step, and ``val_loss`` at
+    each step when given."""
     os.makedirs(os.path.join(log_dir, "infoflow", "results"))
     for k, step in enumerate(steps):
         scale = 1.0 + 0.5 * k  # the information grows with the step
@@ -75,16 +77,17 @@ def write_run(log_dir: str, info_last: list[list[float]], tokens: list[list[str]
         info = torch.stack([first, last])  # [L=2, B, T]
         sigma = 10.0 * torch.exp(-info)
         r = InfoFlowResult(["enc.0", "enc.1"], sigma, torch.ones(info.shape[1:], dtype=torch.bool), 10.0, 1,
-                           tokens=[list(t) for t in tokens], meta={"step": step})
+                           tokens=[list(t) for t in tokens], meta={"step": step},
+                           state_spread=torch.tensor([0.5, last_spread]))
         r.save(os.path.join(log_dir, "infoflow", "results", f"step_{step:08d}.pt"))
     with open(os.path.join(log_dir, "hparams.yaml"), "w") as f:
         yaml.safe_dump(hparams, f)
     with open(os.path.join(log_dir, "metrics.csv"), "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["epoch", "step", "train/loss", "val/acc", "infoflow/information/enc.1"])
-        for step in steps:
-            w.writerow([0, step, 0.7 - 0.01 * step, "", 1.0])
-        w.writerow([0, steps[-1], "", acc, ""])
+        w.writerow(["epoch", "step", "train/loss", "val/acc", "val/loss", "infoflow/information/enc.1"])
+        for k, step in enumerate(steps):
+            w.writerow([0, step, 0.7 - 0.01 * step, "", "" if val_loss is None else val_loss[k], 1.0])
+        w.writerow([0, steps[-1], "", acc, "", ""])
 
 
 SENTENCES = [["rare", "bird", "has", "more", "than", "enough", "charm"], ["a", "dull", "and", "slow", "film", ".", "!"]]
@@ -92,13 +95,14 @@ SENTENCES = [["rare", "bird", "has", "more", "than", "enough", "charm"], ["a", "
 
 @pytest.fixture
 def sweep(tmp_path) -> str:
-    """Three hand-made runs of a weight-decay sweep: the largest decay keeps about one word."""
+    """Three hand-made runs of a weight-decay sweep: the largest decay keeps about one word and has not learned."""
     spread = [[3.0, 1.0, 2.0, 2.0, 2.0, 1.0, 3.0], [2.0, 2.0, 2.0, 1.0, 2.0, 0.5, 0.5]]
     narrow = [[6.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.3], [0.0, 5.0, 0.0, 0.2, 0.0, 0.0, 0.0]]
-    runs = (("wd0", spread, 0.0, 0.81), ("wd1e-4", spread, 1e-4, 0.82), ("wd1e-3", narrow, 1e-3, 0.70))
-    for name, info, wd, acc in runs:
+    runs = (("wd0", spread, 0.0, 0.81, None), ("wd1e-4", spread, 1e-4, 0.82, None),
+            ("wd1e-3", narrow, 1e-3, 0.51, [0.693, 0.690, 0.692]))  # its validation loss stays flat
+    for name, info, wd, acc, val_loss in runs:
         write_run(str(tmp_path / "sweep" / name / "version_0"), info, SENTENCES,
-                  {"lr": 0.001, "weight_decay": wd, "model_kwargs": {"hidden": 64}}, acc)
+                  {"lr": 0.001, "weight_decay": wd, "model_kwargs": {"hidden": 64}}, acc, val_loss=val_loss)
     return str(tmp_path / "sweep")
 
 
@@ -131,12 +135,8 @@ def test_report_on_a_callback_run(trained, tmp_path):
 
 
 def test_report_default_out_and_chosen_steps(trained):
-    res = invoke("report", trained["csv"], "--steps", "3", "--min-words", "100", "--no-progress")
+    res = invoke("report", trained["csv"], "--steps", "3", "--no-progress")
     assert res.exit_code == 0, res.output
-    # a bar of 100 effective words flags the last layer of a probe of 8-word sentences; its dropout is 0 already
-    assert "! too_little_information: the last layer (model.rnns.1) keeps" in flat(res)
-    assert "fewer than 100 effective words" in flat(res)
-    assert "no regularisation to lower (dropout=0.0)" in flat(res)
     out = os.path.join(trained["csv"], "infoflow", "report")
     assert sorted(p for p in os.listdir(out) if p.startswith("heatmap_")) == [
         f"heatmap_step00000003_sentence{b}.png" for b in range(4)]
@@ -177,23 +177,64 @@ def test_compare_sweep_gives_guidance(sweep, tmp_path):
     text = flat(res)
     assert "3 runs, 2 shared probe sentences" in text
     assert "Best run by val/acc: wd1e-4" in text
-    assert "! too_little_information (wd1e-3): the last layer (enc.1) keeps" in text
-    assert "lower weight_decay (now 0.001; run wd1e-4 uses 0.0001)" in text
+    assert ("! not_learning (wd1e-3): the run has not learned: its validation loss went from 0.693 at step 0 to "
+            "0.692 at step 20 (+0.1%)") in text
+    assert "lower the regularisation (weight_decay=0.001), or check the learning rate" in text
     # the hyperparameter that differs is a column, the ones that do not are not
     assert "weight_decay" in text and "model_kwargs.hidden" not in text
     findings = json.loads((out / "findings.json").read_text())
-    too_little = [f for f in findings if f["rule"] == "too_little_information"]
-    assert [f["run"] for f in too_little] == ["wd1e-3"]
-    assert too_little[0]["measured"]["effective_words"] < 0.5 * too_little[0]["measured"]["best_effective_words"]
+    flat_runs = [f for f in findings if f["rule"] == "not_learning"]
+    assert [f["run"] for f in flat_runs] == ["wd1e-3"] and flat_runs[0]["measured"]["validation"] == 1.0
+    # the others' training loss fell from 0.7 to 0.5: they learned
     # noisy words: the spread runs keep 'has', 'more', 'than', 'a', 'and' (2 nats) more than the content words (1.86)
     assert {f["run"] for f in findings if f["rule"] == "noisy_word_use"} == {"wd0", "wd1e-4"}
     page = (out / "compare.html").read_text()
     assert page.count("<img ") == 3 + 2 and "saliency_sentence1" not in page  # figures are embedded, not linked
     saved = sorted(p for p in os.listdir(out) if p.startswith("saliency"))
     assert saved == ["saliency_sentence0.png", "saliency_sentence1.png"]
-    # the rule's bar is an option: at 0.1 x the best run's effective words nobody is flagged
-    res = invoke("compare", sweep, "--out", str(tmp_path / "cmp2"), "--too-little-ratio", "0.1", "--no-progress")
-    assert res.exit_code == 0 and "too_little_information" not in flat(res)
+
+
+def test_report_flags_a_run_that_has_not_learned(tmp_path):
+    log_dir = str(tmp_path / "flat" / "version_0")
+    write_run(log_dir, [[1.0] * 7, [2.0] * 7], SENTENCES, {"dropout": 0.75}, 0.51, val_loss=[0.696, 0.70, 0.697])
+    res = invoke("report", log_dir, "--out", str(tmp_path / "report"), "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert ("! not_learning: the run has not learned: its validation loss went from 0.696 at step 0 to 0.697 at "
+            "step 20 (-0.1%)") in flat(res)
+    assert "lower the regularisation (dropout=0.75), or check the learning rate" in flat(res)
+    learned = str(tmp_path / "learned" / "version_0")
+    write_run(learned, [[1.0] * 7, [2.0] * 7], SENTENCES, {"dropout": 0.0}, 0.8, val_loss=[0.696, 0.68, 0.65])
+    res = invoke("report", learned, "--out", str(tmp_path / "report2"), "--no-progress")
+    assert res.exit_code == 0 and "not_learning" not in flat(res)
+
+
+def test_compare_leaves_out_runs_that_did_not_learn_or_collapsed(sweep, tmp_path, monkeypatch):
+    from lightning_infoflow.reporting import figures
+
+    spread = [[3.0, 1.0, 2.0, 2.0, 2.0, 1.0, 3.0], [2.0, 2.0, 2.0, 1.0, 2.0, 0.5, 0.5]]
+    write_run(os.path.join(sweep, "wd1", "version_0"), spread, SENTENCES, {"weight_decay": 1.0}, 0.5, last_spread=1e-3)
+    drawn: list[list[str]] = []  # the runs of every comparison figure
+
+    def recording(real):
+        def draw(rows, *args, **kwargs):
+            drawn.append(list(rows))
+            return real(rows, *args, **kwargs)
+        return draw
+
+    for name in ("layers_by_run", "curves_by_run", "word_information_by_run"):
+        monkeypatch.setattr(figures, name, recording(getattr(figures, name)))
+    out = tmp_path / "cmp"
+    res = invoke("compare", sweep, "--out", str(out), "--no-progress")
+    assert res.exit_code == 0, res.output
+    text = flat(res)
+    assert "no: has not learned (not_learning)" in text
+    assert "no: its last layer enc.1 collapsed (collapsed_layer)" in text
+    assert "left out: wd1, wd1e-3" in text
+    # every figure and the per-layer table compare the two runs that learned, and only them
+    assert drawn and all(names == ["wd0", "wd1e-4"] for names in drawn)
+    page = (out / "compare.html").read_text()
+    assert "<th>wd0</th>" in page and "<th>wd1e-3</th>" not in page and "<th>wd1</th>" not in page
+    assert "no: has not learned (not_learning)" in page
 
 
 def test_compare_runs_whose_probes_differ(sweep, tmp_path):

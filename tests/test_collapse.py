@@ -9,8 +9,10 @@ import torch
 from torch import Tensor, nn
 
 from lightning_infoflow import InfoFlowEstimator
-from lightning_infoflow.analysis.guidance import collapsed_layers, too_little_information
+from lightning_infoflow.analysis.guidance import collapsed_layers
 from lightning_infoflow.core import hidden
+from lightning_infoflow.reporting.findings import compare_findings, left_out
+from lightning_infoflow.reporting.runs import Run, RunSource
 
 
 class _Tiny(nn.Module):
@@ -74,9 +76,9 @@ def test_collapsing_run_is_flagged_and_the_healthy_control_is_not() -> None:
         assert [f.layer for f in collapsed_layers(bad)] == ["norm", "mix"]
         assert all(f.measured["state_spread"] < 1e-3 for f in collapsed_layers(bad))
         assert collapsed_layers(good) == [] and (good.state_spread > 0.5).all()
-        # and the collapsed run does not become the sweep's best run
-        sweep = too_little_information({"healthy": good, "collapsed": bad}, relative=0.99)
-        assert all(f.run != "healthy" for f in sweep)
+        # and the collapsed run is left out of the comparison of the runs' information
+        runs = [Run(RunSource("infoflow", ()), name, [r]) for name, r in (("healthy", good), ("collapsed", bad))]
+        assert left_out(runs, compare_findings(runs)) == {"collapsed": "its last layer mix collapsed (collapsed_layer)"}
 
 
 def test_state_spread_ignores_what_varies_with_position_alone() -> None:

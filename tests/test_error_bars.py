@@ -165,10 +165,10 @@ def test_compare_tables_show_plus_minus(tmp_path):
 # --------------------------------------------------------------------------- guidance for the dashboards
 
 
-def _collapsing_state() -> RunState:
-    """Layer enc.1 loses most of its information while the training loss stays put."""
+def _flat_state() -> RunState:
+    """Three analyses of a run whose training loss stays at 0.69 (and that logged no validation loss)."""
     state = RunState()
-    for step, level in ((0, 40.0), (50, 39.0), (100, 8.0)):
+    for step, level in ((0, 40.0), (50, 39.0), (100, 38.0)):
         info = torch.stack([torch.full((4, 5), 45.0), torch.full((4, 5), level)])
         info = info + 0.01 * torch.arange(5.0)  # a little structure across words
         state.record(_result(info, step, embedding_dim=8), step, trainer=_NoTrainer())
@@ -178,20 +178,33 @@ def _collapsing_state() -> RunState:
 
 
 def test_callback_findings_are_the_report_rules_over_its_history(tmp_path):
-    state = _collapsing_state()
+    state = _flat_state()
     found = state.findings({"weight_decay": 0.1})
-    collapse = [f for f in found if f.rule == "information_collapse"]
-    assert [f.layer for f in collapse] == ["enc.1"]
+    (flat,) = [f for f in found if f.rule == "not_learning"]
+    assert flat.extra["loss"] == "training loss" and flat.measured["improvement"] == 0.0
+    assert "weight_decay=0.1" in flat.suggestion
     # the same rules as the report on the saved run (one function, history_findings)
     direct = history_findings(state.steps, torch.stack(state.history), torch.stack(state.noise_se), state.losses,
-                              state.previous, hparams={"weight_decay": 0.1})
+                              state.previous, val_losses=state.val_losses, hparams={"weight_decay": 0.1})
     assert [f.to_dict() for f in found] == [f.to_dict() for f in direct]
     markdown = findings_markdown(found, "infoflow: guidance at step 100 (3 analyses)")
     assert markdown.startswith("### infoflow: guidance at step 100 (3 analyses)")
-    assert "\n- **information_collapse**: " in markdown and "*Try*: " in markdown
+    assert "\n- **not_learning**: " in markdown and "*Try*: " in markdown
     assert RunState().findings() == []  # nothing before the first analysis
     state.previous = None  # a failed analysis clears the warm start: the rules still read the last result
     assert [f.to_dict() for f in state.findings({"weight_decay": 0.1})] == [f.to_dict() for f in found]
+
+
+def test_callback_findings_judge_the_validation_loss_it_kept_up_to_the_last_analysis():
+    state = _flat_state()  # the training loss is flat
+    state.val_losses = [(49, 0.70), (99, 0.60)]  # the validation loss improved: the run learned
+    assert not any(f.rule == "not_learning" for f in state.findings())
+    state.val_losses = [(49, 0.70), (99, 0.70), (149, 0.40)]  # flat up to the last analysis (step 100)
+    (flat,) = [f for f in state.findings() if f.rule == "not_learning"]
+    assert flat.extra["loss"] == "validation loss" and flat.measured["last_step"] == 99.0
+    loaded = RunState()
+    loaded.load_state_dict(state.state_dict())  # checkpointed with the run
+    assert loaded.val_losses == state.val_losses
 
 
 def test_run_findings_still_reads_a_saved_run(tmp_path):
@@ -202,7 +215,7 @@ def test_run_findings_still_reads_a_saved_run(tmp_path):
     found = run_findings(run)
     assert [f.to_dict() for f in found] == [f.to_dict() for f in history_findings(
         run.steps, run.aligned_history(), run.aligned_history("noise_se"), run.loss_history(), run.last,
-        hparams=run.hparams)]
+        val_losses=run.val_losses(), hparams=run.hparams)]
     assert any(f.rule == "information_phases" for f in found)
 
 

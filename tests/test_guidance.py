@@ -11,20 +11,18 @@ import pytest
 import torch
 
 from lightning_infoflow import InfoFlowResult
-from lightning_infoflow.analysis import evidence, finding, guidance, stopwords, sweep
+from lightning_infoflow.analysis import evidence, finding, guidance, regularisation, stopwords
 from lightning_infoflow.analysis.evidence import curve_phases
 from lightning_infoflow.analysis.guidance import (
     Finding,
-    collapse_finding,
-    collapse_findings,
     collapsed_layers,
     information_phases,
     noisy_word_use,
+    not_learning,
     stop_word_gap,
-    too_little_information,
 )
 from lightning_infoflow.analysis.stopwords import normalise_token
-from lightning_infoflow.reporting import figures, logs, runs, tables
+from lightning_infoflow.reporting import figures, logs, losses, runs, tables
 
 SIGMA_MAX = 10.0
 
@@ -40,13 +38,6 @@ def result(info: list[list[list[float]]], tokens: list[list[str]] | None = None,
                           state_spread=None if spread is None else torch.tensor(spread))
 
 
-def perplexity(info: list[float]) -> float:
-    """exp(entropy) of the precision shares of words with information ``info`` (K = 1; 0: at the bound)."""
-    weights = [math.exp(2 * i) for i in info if i > 0]
-    shares = [w / sum(weights) for w in weights]
-    return math.exp(-sum(p * math.log(p) for p in shares))
-
-
 def test_result_helper_reproduces_information():
     r = result([[[1.0, 2.0, 0.0]]])
     assert torch.allclose(r.information, torch.tensor([[[1.0, 2.0, 0.0]]]), atol=1e-5)
@@ -59,117 +50,73 @@ def test_finding_requires_numbers():
     assert "r: message" in str(f) and f.to_dict()["measured"] == {"a": 1.0}
 
 
-# --------------------------------------------------------------------------- too little information
+# --------------------------------------------------------------------------- collapsed layers
 
 
-def _sweep() -> dict[str, InfoFlowResult]:
-    even = [[[3.0, 3.0, 3.0, 3.0]]]         # 4 effective words
-    half = [[[3.0, 3.0, 0.0, 0.0]]]         # 2 effective words: exactly 0.5 x best, not flagged
-    one = [[[5.0, 0.2, 0.0, 0.0]]]          # ~1.0007 effective words
-    return {"wd=0": result(even), "wd=1e-4": result(half), "wd=1e-3": result(one)}
-
-
-HPARAMS = {"wd=0": {"weight_decay": 0.0, "lr": 1e-3}, "wd=1e-4": {"weight_decay": 1e-4, "lr": 1e-3},
-           "wd=1e-3": {"weight_decay": 1e-3, "lr": 1e-3}}
-
-
-def test_too_little_relative_to_best_run_names_the_regularisation():
-    found = too_little_information(_sweep(), HPARAMS)
-    assert [f.run for f in found] == ["wd=1e-3"]
-    f = found[0]
-    assert f.rule == "too_little_information" and f.severity == "warning" and f.layer == "layer0"
-    assert f.measured["effective_words"] == pytest.approx(perplexity([5.0, 0.2]), rel=1e-4)
-    assert f.measured["best_effective_words"] == pytest.approx(4.0, rel=1e-4)
-    assert f.extra["best_run"] == "wd=0"
-    assert "0.5 x the best run's effective words (2.00)" in f.threshold
-    assert "lower weight_decay (now 0.001; run wd=0 uses 0.0)" in f.suggestion
-    assert "lr" not in f.suggestion  # lr does not differ
-
-
-def test_too_little_best_run_by_score():
-    # by score the best run is wd=1e-4 (2 words): the bar is then 1.0 and nobody falls below it
-    scores = {"wd=0": 0.80, "wd=1e-4": 0.85, "wd=1e-3": 0.70}
-    assert too_little_information(_sweep(), HPARAMS, scores, relative=0.5) == []
-    found = too_little_information(_sweep(), HPARAMS, scores, score_name="val/acc", relative=0.6)
-    assert [f.run for f in found] == ["wd=1e-3"]
-    assert "best val/acc 0.85" in found[0].message and found[0].measured["best_score"] == 0.85
-
-
-def test_too_little_non_regularisation_difference_is_named():
-    hp = {"a": {"hidden": 256}, "b": {"hidden": 16}}
-    found = too_little_information({"a": result([[[3.0, 3.0, 3.0]]]), "b": result([[[4.0, 0.0, 0.0]]])}, hp)
-    assert len(found) == 1 and "hidden=16 (run a: 256)" in found[0].suggestion
-
-
-def test_too_little_single_run_absolute_bar():
-    assert too_little_information({"r": result([[[3.0, 3.0]]])}) == []
-    found = too_little_information({"r": result([[[3.0, 0.0]]])}, {"r": {"dropout": 0.5}})
-    assert len(found) == 1 and found[0].measured["effective_words"] == pytest.approx(1.0)
-    assert "fewer than 1.5 effective words" in found[0].threshold and "dropout=0.5" in found[0].suggestion
-
-
-def test_collapsed_runs_neither_compete_nor_are_judged():
-    """A collapsed last layer would be the best run (most effective words): it is left out, so the bar is set by
-    the healthy runs, and a collapsed run is not flagged for too little information either."""
-    sweep = _sweep()
-    sweep["wd=1"] = result([[[3.0] * 4 + [3.0] * 0]], spread=[1e-4])  # 4 effective words, collapsed
-    sweep["wd=10"] = result([[[5.0, 0.0, 0.0, 0.0]]], spread=[1e-5])  # 1 word, collapsed: not judged
-    found = too_little_information(sweep, HPARAMS)
-    assert [f.run for f in found] == ["wd=1e-3"] and found[0].extra["best_run"] == "wd=0"
-    collapsed = collapsed_layers(sweep["wd=10"], run="wd=10")
-    assert [(f.rule, f.layer) for f in collapsed] == [("collapsed_layer", "layer0")]
+def test_collapsed_layers_are_flagged_with_their_spread():
+    collapsed = collapsed_layers(result([[[5.0, 0.0, 0.0, 0.0]]], spread=[1e-5]), run="wd=10")
+    assert [(f.rule, f.layer, f.run) for f in collapsed] == [("collapsed_layer", "layer0", "wd=10")]
     assert collapsed[0].measured["state_spread"] == pytest.approx(1e-5) and "0.001%" in collapsed[0].message
-    assert collapsed_layers(sweep["wd=0"]) == [] and collapsed_layers(result([[[1.0]]], spread=[0.5])) == []
+    assert collapsed_layers(result([[[3.0] * 4]])) == [] and collapsed_layers(result([[[1.0]]], spread=[0.5])) == []
 
 
 def test_is_regularisation():
-    assert sweep.is_regularisation("weight_decay") and sweep.is_regularisation("model_kwargs.dropout")
-    assert not sweep.is_regularisation("lr") and not sweep.is_regularisation("hidden")
+    assert regularisation.is_regularisation("weight_decay") and regularisation.is_regularisation("model_kwargs.dropout")
+    assert not regularisation.is_regularisation("lr") and not regularisation.is_regularisation("hidden")
 
 
-# --------------------------------------------------------------------------- collapse
+# --------------------------------------------------------------------------- not learning
+
+# the validation losses of the sweeps' runs that ended at the majority class, and of two that learned
+FLAT, WORSE, LEARNED = [(50, 0.693), (250, 0.692)], [(50, 0.690), (250, 0.728)], [(50, 0.687), (250, 0.622)]
 
 
-def test_collapse_last_interval_only_and_numbers():
-    steps = [0, 100, 200]
-    info = [[10.0, 10.0], [10.0, 9.0], [9.0, 4.0]]
-    f = collapse_finding(steps, info, [0.7, 0.69, 0.69], ["a", "b"], embedding_dim=4)
-    assert f is not None and f.layer == "b" and f.step == 200
-    assert f.measured["fall"] == pytest.approx(5.0) and f.measured["sigma_ratio"] == pytest.approx(math.exp(5 / 4))
-    assert f.measured["loss_improvement"] == pytest.approx(0.0)
-    assert "grew 3.49x" in f.message and "fell by 5.00 nats per word" in f.message and "at least 2x" in f.threshold
-    assert "step 100" in f.suggestion
-    # the earlier interval is not looked at again
-    assert collapse_finding(steps[:2], info[:2], [0.7, 0.69], ["a", "b"], embedding_dim=4) is None
+def test_not_learning_fires_on_a_flat_or_rising_loss_with_its_numbers():
+    (f,) = not_learning([], FLAT, run="wd0.01")
+    assert f.rule == "not_learning" and f.severity == "warning" and f.run == "wd0.01" and f.step == 250
+    assert f.measured["first_loss"] == 0.693 and f.measured["last_loss"] == 0.692
+    assert f.measured["improvement"] == pytest.approx(0.001 / 0.693) and f.measured["validation"] == 1.0
+    assert (f.measured["first_step"], f.measured["last_step"]) == (50.0, 250.0)
+    assert "has not learned: its validation loss went from 0.693 at step 50 to 0.692 at step 250 (+0.1%)" in f.message
+    assert "not read it as more or less informative than runs that learned" in f.message
+    assert "less than 2%" in f.threshold and f.extra["loss"] == "validation loss"
+    assert f.suggestion == "lower the regularisation (or check the learning rate)" and f.extra["direction"] == "lower"
+    (worse,) = not_learning([], WORSE)
+    assert worse.measured["improvement"] == pytest.approx(-0.038 / 0.690) and "(-5.5%)" in worse.message
 
 
-def test_collapse_needs_a_flat_loss_a_steep_fall_and_evidence():
-    steps, info = [0, 10], [[10.0], [4.0]]  # a fall of 6 nats per word: sigma x 4.5 with K = 4
-    assert collapse_finding(steps, info, [0.70, 0.50], embedding_dim=4) is None     # the loss improved by 29 %
-    assert collapse_finding(steps, info, [0.70, 0.69], embedding_dim=4) is not None  # by 1.4 %: flat
-    # K log 2 = 2.77 nats: a fall of 2.7 is sigma x 1.96, not steep enough
-    assert collapse_finding(steps, [[10.0], [7.3]], [0.7, 0.7], embedding_dim=4) is None
-    assert collapse_finding(steps, info, [0.70, 0.69], embedding_dim=16) is None  # 6 nats is x 1.45 for K = 16
-    assert collapse_finding(steps, info, [float("nan"), 0.7], embedding_dim=4) is None  # loss unknown
-    # within its uncertainty (SE 3 at both analyses: 1.96 x 4.24 = 8.3 > 6): no finding; SE 1: a finding
-    assert collapse_finding(steps, info, [0.7, 0.7], embedding_dim=4, se=[[3.0], [3.0]]) is None
-    assert collapse_finding(steps, info, [0.7, 0.7], embedding_dim=4, se=[[1.0], [1.0]]) is not None
-    assert collapse_finding([5], [[1.0]], [0.1], embedding_dim=4) is None
-    assert collapse_finding(steps, info, [0.70, 0.69]) is None  # K unknown: the fall cannot be judged
+def test_not_learning_is_quiet_when_the_loss_improved_by_the_bar():
+    assert not_learning([], LEARNED) == []  # 9.5%
+    assert not_learning([], [(0, 1.0), (10, 0.98)]) == []  # exactly 2%
+    assert len(not_learning([], [(0, 1.0), (10, 0.9801)])) == 1  # just short of it
+    assert not_learning([], [(0, 1.0), (10, 0.9801)], min_improvement=0.01) == []
 
 
-def test_collapse_accepts_tensors_and_checks_shapes():
-    f = collapse_finding([0, 1], torch.tensor([[8.0, 8.0], [1.0, 2.0]]), [1.0, 1.0], embedding_dim=1)
-    assert f is not None and f.layer == "layer 0" and f.measured["layers_collapsed"] == 2.0
-    assert "(also layer 1)" in f.message
-    with pytest.raises(ValueError, match="expected information"):
-        collapse_finding([0, 1], [[1.0], [2.0], [3.0]], [1.0, 1.0], embedding_dim=1)
+def test_not_learning_needs_two_finite_values_at_different_steps():
+    nan, inf = float("nan"), float("inf")
+    assert not_learning([]) == [] and not_learning([(0, 0.7)], [(5, 0.7)]) == []
+    assert not_learning([(0, nan), (10, 0.7), (20, nan)]) == []  # one finite value
+    assert not_learning([(10, 0.7), (10, 0.7)]) == []  # two values, one step
+    # NaN and inf values are skipped: the first and the last finite values are compared
+    (f,) = not_learning([(0, nan), (10, 0.70), (20, 0.50), (30, 0.70), (40, inf)])
+    assert (f.measured["first_step"], f.measured["last_step"], f.measured["improvement"]) == (10.0, 30.0, 0.0)
+    assert f.extra["loss"] == "training loss" and f.measured["validation"] == 0.0
 
 
-def test_collapse_findings_over_history():
-    info = [[10.0], [4.0], [4.0], [1.0]]
-    found = collapse_findings([0, 1, 2, 3], info, [1.0, 1.0, 0.5, 0.5], embedding_dim=2)
-    assert [f.step for f in found] == [1, 3]
+def test_not_learning_prefers_the_validation_loss():
+    train_flat, train_learned = [(0, 0.7), (250, 0.7)], [(0, 0.7), (250, 0.5)]
+    assert not_learning(train_flat, LEARNED) == []  # the validation loss improved: the run learned
+    assert [f.extra["loss"] for f in not_learning(train_learned, FLAT)] == ["validation loss"]
+    # one validation value cannot be judged: the training loss is
+    assert not_learning(train_learned, FLAT[:1]) == []
+    assert [f.extra["loss"] for f in not_learning(train_flat, FLAT[:1])] == ["training loss"]
+
+
+def test_not_learning_names_the_runs_regularisation():
+    hp = {"weight_decay": 0.1, "dropout": 0.0, "lr": 1e-3}
+    (f,) = not_learning([], FLAT, hparams=hp)
+    assert f.suggestion == "lower the regularisation (weight_decay=0.1), or check the learning rate"
+    assert regularisation.active_regularisation({"dropout": 0.0, "flag": True}) == []
 
 
 # --------------------------------------------------------------------------- noisy words
@@ -257,8 +204,8 @@ def test_phases_need_evidence_not_a_fixed_share():
     assert [p.kind for p in curve_phases(flat)] == ["expansion"]
 
 
-@pytest.mark.parametrize("module", [guidance, evidence, finding, stopwords, sweep, runs, logs, tables,
-                                    figures], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [guidance, evidence, finding, stopwords, regularisation, runs, logs, losses,
+                                    tables, figures], ids=lambda m: m.__name__)
 def test_docstring_examples_run(module: ModuleType) -> None:
     failed, attempted = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert attempted > 0, f"{module.__name__} has no docstring example"

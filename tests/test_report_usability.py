@@ -165,13 +165,13 @@ def test_a_finding_names_its_layer_once():
     layer = "model.layers.3"
     named = Finding(rule="noisy_word_use", severity="warning", message=f"{layer} keeps stop words at 1.2 x ...",
                     measured={"ratio": 1.2}, threshold="t", suggestion="s", run="wd0", layer=layer)
-    unnamed = Finding(rule="information_collapse", severity="warning", message="the information fell by 60%.",
-                      measured={"fall": 0.6}, threshold="t", suggestion="s", layer=layer)
+    unnamed = Finding(rule="collapsed_layer", severity="warning", message="the layer has collapsed.",
+                      measured={"state_spread": 0.001}, threshold="t", suggestion="s", layer=layer)
     buffer = io.StringIO()
     print_findings(Console(file=buffer, width=200), [named, unnamed])
     text = buffer.getvalue()
     assert "! noisy_word_use (wd0): model.layers.3 keeps stop words" in text
-    assert "! information_collapse (model.layers.3): the information fell" in text
+    assert "! collapsed_layer (model.layers.3): the layer has collapsed" in text
     assert text.count(layer) == 2
     page = HtmlPage("t", "/tmp/unused-infoflow-page")
     page.findings([named, unnamed])

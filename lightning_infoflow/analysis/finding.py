@@ -8,8 +8,7 @@ from typing import Any, Literal
 
 Severity = Literal["warning", "info"]
 
-ABSOLUTE_KEYS = frozenset({"information", "best_information", "peak_information", "information_before",
-                           "information_after"})
+ABSOLUTE_KEYS = frozenset({"information", "peak_information"})
 """Keys of ``Finding.measured`` that hold absolute information per word, ``K log(sigma_max / sigma)`` averaged:
 shown for orientation, they move with the arbitrary ``sigma_max``. Every other number of a finding, its
 message and whether it fires do not (while no word sits at the bound)."""
@@ -20,7 +19,7 @@ class Finding:
     """One triggered rule: what was measured, the threshold it crossed, and what to try.
 
     Attributes:
-        rule: the rule's name (``too_little_information``, ``information_collapse``, ``noisy_word_use``,
+        rule: the rule's name (``collapsed_layer``, ``not_learning``, ``noisy_word_use``,
             ``information_phases``).
         severity: ``"warning"`` (something to change) or ``"info"`` (a description of the dynamics).
         message: one sentence with the measured numbers.

@@ -49,7 +49,8 @@ class InfoFlowCallback(Callback):
     - figures: a layers x words heatmap per probe sentence (up to ``heatmaps``) and the information of
       every layer against step with its 90% band (see :mod:`lightning_infoflow.lightning.sinks`);
     - at the end of training, the guidance rules' findings (TensorBoard text, W&B run summary, else
-      ``<log_dir>/<name>/findings.md``);
+      ``<log_dir>/<name>/findings.md``; ``not_learning`` reads the validation loss the run logged, else the
+      training loss); after each analysis, a warning per collapsed layer (once per layer);
     - each result, ``<log_dir>/<name>/results/step_XXXXXXXX.pt`` (written atomically), a plain dict that
       ``torch.load(path, weights_only=True)`` reads; its ``meta`` holds ``name``, ``step`` and ``run_id``.
 
@@ -289,6 +290,14 @@ class InfoFlowCallback(Callback):
                 )
             return
         self._analyse(trainer, pl_module)
+
+    @override
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # the validation loss, for the not_learning rule of the findings at the end of training
+        if self._enabled and trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
+            own = tuple(f"{cb.name}/" for cb in trainer.callbacks  # type: ignore[attr-defined]
+                        if isinstance(cb, InfoFlowCallback))
+            self.state.add_val_loss(trainer, own)
 
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -1,4 +1,4 @@
-"""What one run of the callback remembers: its id, the analyses so far, and the live collapse check.
+"""What one run of the callback remembers: its id, the analyses so far, its losses, and the live collapse check.
 
 Saved in checkpoints as tensors and Python primitives only (``torch.load(weights_only=True)`` reads
 them), so that ``fit(ckpt_path=...)`` continues the curves of the same run.
@@ -6,6 +6,7 @@ them), so that ``fit(ckpt_path=...)`` continues the curves of the same run.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 import torch
@@ -14,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lightning_infoflow.core.result import InfoFlowResult
+from lightning_infoflow.reporting.losses import val_loss_tag
 
 if TYPE_CHECKING:
     from lightning_infoflow.analysis.finding import Finding
@@ -31,7 +33,7 @@ class Curves(NamedTuple):
 
 
 class RunState:
-    """The history of one run: analysed steps, information per layer, training losses, the last result.
+    """The history of one run: analysed steps, information per layer, losses, the last result.
 
     Attributes:
         run_id: uuid4 hex of the run, created at its first analysis; ``None`` before.
@@ -42,6 +44,9 @@ class RunState:
         layer_names: the result's row names.
         previous: the last result, the warm start of the next analysis (``None``: the next one starts cold).
         last: the last successful result (kept when a failure clears ``previous``); ``None`` before the first.
+        losses: the training loss at each analysis (NaN when unknown).
+        val_losses: ``(step, validation loss)`` after each validation of the run (:meth:`add_val_loss`).
+        collapse_warned: layers the live collapse check has warned about in this run (once each).
     """
 
     def __init__(self) -> None:
@@ -52,6 +57,8 @@ class RunState:
         self.noise_se: list[Tensor] = []
         self.information_se: list[Tensor] = []
         self.losses: list[float] = []
+        self.val_losses: list[tuple[int, float]] = []
+        self.collapse_warned: set[str] = set()
         self.layer_names: list[str] = []
         self.previous: Optional[InfoFlowResult] = None
         self.last: Optional[InfoFlowResult] = None
@@ -65,6 +72,23 @@ class RunState:
         detached = loss.detach().float()
         self._loss_sum = detached if self._loss_sum is None else self._loss_sum + detached
         self._loss_count += 1
+
+    def add_val_loss(self, trainer: Trainer, exclude: Sequence[str]) -> None:
+        """Keep the validation loss a validation just put in ``trainer.callback_metrics``, at the step the
+        loggers file it under (``_batches_that_stepped``, what ``self.log`` uses), so that the callback reads the
+        same ``(step, loss)`` points as ``infoflow report`` reads from the logs.
+
+        The loss is found as the reports find it in the logs
+        (:func:`~lightning_infoflow.reporting.losses.val_loss_tag`), leaving out the keys that start with one of
+        ``exclude`` (the namespaces of the InfoFlowCallbacks); nothing is kept when no key is a validation loss.
+        """
+        tag = val_loss_tag(trainer.callback_metrics, exclude)
+        if tag is None:
+            return
+        step = int(trainer.fit_loop.epoch_loop._batches_that_stepped)
+        if self.val_losses and self.val_losses[-1][0] == step:
+            self.val_losses.pop()  # validated again at the same step: the latest value wins
+        self.val_losses.append((step, float(trainer.callback_metrics[tag])))
 
     def record(self, result: InfoFlowResult, step: int, trainer: Trainer) -> None:
         """Add a finished analysis (replacing one of the same step, e.g. redone after an interruption)."""
@@ -90,13 +114,14 @@ class RunState:
 
     def findings(self, hparams: Optional[dict[str, Any]] = None) -> list[Finding]:
         """The single-run guidance rules over the history so far (as ``infoflow report`` applies them to the
-        saved run); empty before the first analysis."""
+        saved run), with the validation losses kept by :meth:`add_val_loss` (else the training losses at the
+        analyses); empty before the first analysis."""
         if self.last is None or not self.history:
             return []
         from lightning_infoflow.reporting.findings import history_findings
 
         return history_findings(self.steps, torch.stack(self.history), torch.stack(self.noise_se), self.losses,
-                                self.last, hparams=hparams)
+                                self.last, val_losses=self.val_losses, hparams=hparams)
 
     def _training_loss(self, trainer: Trainer) -> float:
         """Mean training loss since the previous analysis (or a logged loss when steps return none)."""
@@ -111,15 +136,15 @@ class RunState:
         return float("nan")
 
     def check_collapse(self) -> None:
-        """Warn when a layer's information falls steeply while the training loss does not improve."""
-        if len(self.history) < 2 or self.previous is None:
+        """Warn about each collapsed layer of the newest result (rule ``collapsed_layer``), once per layer per run."""
+        if self.last is None:
             return
-        from lightning_infoflow.analysis.guidance import collapse_finding
+        from lightning_infoflow.analysis.guidance import collapsed_layers
 
-        finding = collapse_finding(self.steps, torch.stack(self.history), self.losses, self.layer_names,
-                                   embedding_dim=self.previous.embedding_dim, se=torch.stack(self.noise_se))
-        if finding is not None:
-            rank_zero_warn(f"InfoFlowCallback: {finding}")
+        for finding in collapsed_layers(self.last):
+            if finding.layer not in self.collapse_warned:
+                self.collapse_warned.add(str(finding.layer))
+                rank_zero_warn(f"InfoFlowCallback: at step {finding.step}, {finding}")
 
     def state_dict(self) -> dict[str, Any]:
         prev = self.previous
@@ -131,6 +156,9 @@ class RunState:
             "noise_se": torch.stack(self.noise_se) if self.noise_se else torch.zeros(0),
             "information_se": torch.stack(self.information_se) if self.information_se else torch.zeros(0),
             "losses": list(self.losses),
+            "val_loss_steps": [s for s, _ in self.val_losses],
+            "val_loss_values": [v for _, v in self.val_losses],
+            "collapse_warned": sorted(self.collapse_warned),
             "layer_names": list(self.layer_names),
             "previous": prev.to_dict() if prev is not None else None,
             "failures": self.failures,
@@ -150,6 +178,9 @@ class RunState:
         self.information_se = (list(information_se) if information_se is not None and information_se.numel()
                                else [torch.full_like(h, float("nan")) for h in self.history])
         self.losses = [float(v) for v in state.get("losses", [float("nan")] * len(self.history))]
+        self.val_losses = [(int(s), float(v)) for s, v in zip(state.get("val_loss_steps", []),
+                                                              state.get("val_loss_values", []))]
+        self.collapse_warned = set(state.get("collapse_warned", []))
         self.layer_names = list(state["layer_names"])
         prev = state.get("previous")
         self.previous = self.last = InfoFlowResult.from_dict(prev) if prev is not None else None

@@ -1,5 +1,5 @@
-"""The guidance rules (:mod:`lightning_infoflow.analysis.guidance`) applied to loaded runs, and the score
-that ranks the runs of a sweep."""
+"""The guidance rules (:mod:`lightning_infoflow.analysis.guidance`) applied to loaded runs, the runs they
+keep out of comparisons of information, and the score that ranks the runs of a sweep."""
 
 from __future__ import annotations
 
@@ -17,24 +17,24 @@ SCORE_HINTS = ("acc", "mcc", "f1", "auc", "auroc", "precision", "recall", "corr"
 """Substrings of a metric name that say higher is better."""
 
 
-def run_findings(run: Run, stop_words: Collection[str] = guidance.STOP_WORDS, label: str | None = None,
-                 absolute_bar: bool = True, absolute: float = guidance.TOO_LITTLE_ABSOLUTE) -> list[Finding]:
-    """The single-run rules (:func:`history_findings`) on one loaded run.
+def run_findings(run: Run, stop_words: Collection[str] = guidance.STOP_WORDS,
+                 label: str | None = None) -> list[Finding]:
+    """The single-run rules (:func:`history_findings`) on one loaded run, its logged losses included.
 
     ``label`` names the run in the findings (``None`` for a report on one run).
     """
     return history_findings(run.steps, run.aligned_history(), run.aligned_history("noise_se"), run.loss_history(),
-                            run.last, hparams=run.hparams, stop_words=stop_words, label=label,
-                            absolute_bar=absolute_bar, absolute=absolute)
+                            run.last, val_losses=run.val_losses(), hparams=run.hparams, stop_words=stop_words,
+                            label=label)
 
 
 def history_findings(steps: Sequence[int], information: Tensor | None, se: Tensor | None, losses: Sequence[float],
-                     last: InfoFlowResult, *, hparams: Mapping[str, Any] | None = None,
-                     stop_words: Collection[str] = guidance.STOP_WORDS, label: str | None = None,
-                     absolute_bar: bool = True, absolute: float = guidance.TOO_LITTLE_ABSOLUTE) -> list[Finding]:
-    """The single-run rules over one run's history: collapsed layers at the last analysis, too little
-    information (the absolute bar, when ``absolute_bar``), information collapses over the history, noisy use
-    of words at the last analysis, and phases. Used by the reports and by the callback at the end of training.
+                     last: InfoFlowResult, *, val_losses: Sequence[tuple[int, float]] = (),
+                     hparams: Mapping[str, Any] | None = None, stop_words: Collection[str] = guidance.STOP_WORDS,
+                     label: str | None = None) -> list[Finding]:
+    """The single-run rules over one run's history: collapsed layers at the last analysis, whether the run
+    learned (validation loss up to the last analysis, else training loss), noisy use of words at the last
+    analysis, and phases. Used by the reports and by the callback at the end of training.
 
     Args:
         steps: the analysed steps.
@@ -43,32 +43,38 @@ def history_findings(steps: Sequence[int], information: Tensor | None, se: Tenso
         se: ``[len(steps), L]`` standard error of each value from the estimator's noise (``noise_se``), or ``None``.
         losses: training loss at each analysis (NaN where unknown).
         last: the last analysis.
-        hparams: the run's flat hyperparameters, to name the regularisation to change.
+        val_losses: ``(step, validation loss)`` as logged (values after the last analysis are not read).
+        hparams: the run's flat hyperparameters, to name the regularisation to lower.
         label: names the run in the findings (``None`` for one run).
     """
     steps, names = list(steps), list(last.layer_names)
     findings: list[Finding] = guidance.collapsed_layers(last, run=label)
-    if absolute_bar:
-        key = label or "run"
-        findings += guidance.too_little_information({key: last}, {key: dict(hparams or {})}, absolute=absolute)
-    if information is not None:
-        findings += guidance.collapse_findings(steps, information, list(losses), names, run=label,
-                                               embedding_dim=last.embedding_dim, se=se)
+    until = steps[-1] if steps else -1
+    findings += guidance.not_learning(list(zip(steps, losses)), [(s, v) for s, v in val_losses if s <= until],
+                                      hparams=hparams, run=label)
     findings += guidance.noisy_word_use(last, stop_words, run=label)
     if information is not None:
         findings += guidance.information_phases(steps, information, names, se=se, run=label)
     return findings
 
 
-def compare_findings(runs: Sequence[Run], scores: Mapping[str, float] | None = None, score_name: str = "score",
-                     stop_words: Collection[str] = guidance.STOP_WORDS,
-                     relative: float = guidance.TOO_LITTLE_RELATIVE) -> list[Finding]:
-    """Too little information relative to the best run of the sweep, then every run's own rules."""
-    findings = guidance.too_little_information({r.name: r.last for r in runs}, {r.name: r.hparams for r in runs},
-                                               scores, score_name=score_name, relative=relative)
+def compare_findings(runs: Sequence[Run], stop_words: Collection[str] = guidance.STOP_WORDS) -> list[Finding]:
+    """Every run's own rules (:func:`run_findings`), each finding named by its run."""
+    return [f for run in runs for f in run_findings(run, stop_words, label=run.name)]
+
+
+def left_out(runs: Sequence[Run], findings: Sequence[Finding]) -> dict[str, str]:
+    """The runs to keep out of every comparison of information between runs, with why: those ``not_learning``
+    flagged, and those whose last layer ``collapsed_layer`` flagged (their information describes no learned
+    model, or noise). ``findings`` name their runs (:func:`compare_findings`)."""
+    out = {}
     for run in runs:
-        findings += run_findings(run, stop_words, label=run.name, absolute_bar=False)
-    return findings
+        mine = [f for f in findings if f.run == run.name]
+        if any(f.rule == "not_learning" for f in mine):
+            out[run.name] = "has not learned (not_learning)"
+        elif any(f.rule == "collapsed_layer" and f.layer == run.layer_names[-1] for f in mine):
+            out[run.name] = f"its last layer {run.layer_names[-1]} collapsed (collapsed_layer)"
+    return out
 
 
 def pick_score(runs: Sequence[Run], metric: str | None = None,

@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from lightning_infoflow.analysis.guidance import Finding
 from lightning_infoflow.core.result import InfoFlowResult
 from lightning_infoflow.reporting import figures
+from lightning_infoflow.reporting.findings import left_out
 from lightning_infoflow.reporting.runs import Progress, Run, no_progress
 from lightning_infoflow.reporting.tables import (
     Table,
@@ -180,20 +181,35 @@ def _heatmaps(page: HtmlPage, result: InfoFlowResult, step: int, advance: Callab
 def write_comparison(runs: Sequence[Run], out_dir: str, findings: Sequence[Finding], notes: Sequence[str],
                      progress: Progress = no_progress) -> str:
     """Write ``compare.html`` (figures embedded), the PNGs and ``findings.json`` into ``out_dir``; return the
-    HTML path."""
+    HTML path. Runs that have not learned or whose last layer collapsed
+    (:func:`~lightning_infoflow.reporting.findings.left_out`) are marked and kept out of every comparison of
+    information, tables and figures alike."""
     page = HtmlPage(f"infoflow comparison of {len(runs)} runs", out_dir)
     page.text("Runs: " + "; ".join(f"{r.name} ({os.path.abspath(r.path)})" for r in runs))
     for note in notes:
         page.text(note)
     page.section("Findings")
     page.findings(findings)
-    tables = compare_tables(runs)
+    excluded = left_out(runs, findings)
+    tables = compare_tables(runs, excluded)
     for table in tables:
         page.section(table.title)
         page.table(table)
     page.section("Measures")
     page.definitions(tables)
-    layers, sentences = layer_axis(runs), runs[0].last.sigma.shape[1]
+    compared = [r for r in runs if r.name not in excluded]
+    if compared:
+        _comparison_figures(page, compared, layer_axis(runs), progress)
+    else:
+        page.text("Every run is left out of the comparison of information (see the Runs table): no figures.")
+    _write_findings(out_dir, findings)
+    return page.write("compare.html")
+
+
+def _comparison_figures(page: HtmlPage, runs: Sequence[Run], layers: list[str], progress: Progress) -> None:
+    """The figures of a comparison: per-layer profiles, last-layer curves and each sentence's words, one line or
+    row per run."""
+    sentences = runs[0].last.sigma.shape[1]
     advance = progress("drawing figures", 3 + sentences)
     for measure, name, ylabel, caption in (
         ("layer_information", "information_by_layer", "information per word (nats)", "information"),
@@ -217,5 +233,3 @@ def write_comparison(runs: Sequence[Run], out_dir: str, findings: Sequence[Findi
         page.figure(figures.word_information_by_run(rows, words, f"sentence {b}, last layer"), f"saliency_sentence{b}",
                     f"sentence {b}: {sentence_label(runs[0].last, b)}")
         advance()
-    _write_findings(out_dir, findings)
-    return page.write("compare.html")

@@ -36,6 +36,7 @@ from torch import Tensor
 
 from lightning_infoflow.core.result import InfoFlowResult
 from lightning_infoflow.reporting.logs import read_hparams, read_scalars
+from lightning_infoflow.reporting.losses import is_validation, train_loss_tag, val_loss_tag, window_means
 
 DEFAULT_NAMESPACE = "infoflow"
 RESULTS = "results"
@@ -247,28 +248,23 @@ class Run:
         return int(torch.nan_to_num(info[:, -1], nan=-math.inf).argmax())
 
     def final_metrics(self) -> dict[str, float]:
-        """Last logged value of every validation scalar (tags starting with ``val``)."""
-        return {tag: points[-1][1] for tag, points in self.scalars.items()
-                if points and (tag.lower().startswith("val") or "/val" in tag.lower())}
+        """Last logged value of every validation scalar (:func:`~lightning_infoflow.reporting.losses.is_validation`)."""
+        return {tag: points[-1][1] for tag, points in self.scalars.items() if points and is_validation(tag)}
 
     def loss_tag(self) -> str | None:
-        """The training-loss scalar (a tag with ``loss`` and ``train`` in it, else any non-validation loss)."""
-        tags = [t for t in self.scalars if "loss" in t.lower() and not t.startswith("infoflow/")
-                and "val" not in t.lower() and "test" not in t.lower()]
-        trained = [t for t in tags if "train" in t.lower()]
-        chosen = sorted(trained or tags, key=lambda t: ("epoch" in t, len(t)))
-        return chosen[0] if chosen else None
+        """The training-loss scalar (:func:`~lightning_infoflow.reporting.losses.train_loss_tag`)."""
+        return train_loss_tag(self.scalars)
 
     def loss_history(self) -> list[float]:
         """Training loss at each analysis: the mean of the values logged since the previous analysis (NaN if none)."""
         tag = self.loss_tag()
-        points = self.scalars.get(tag, []) if tag else []
-        out, previous = [], -1
-        for step in self.steps:
-            window = [v for s, v in points if previous < s <= step]
-            out.append(sum(window) / len(window) if window else float("nan"))
-            previous = step
-        return out
+        return window_means(self.scalars.get(tag, []) if tag else [], self.steps)
+
+    def val_losses(self) -> list[tuple[int, float]]:
+        """Every logged ``(step, value)`` of the validation loss
+        (:func:`~lightning_infoflow.reporting.losses.val_loss_tag`); empty when the run logged none."""
+        tag = val_loss_tag(self.scalars)
+        return list(self.scalars[tag]) if tag else []
 
 
 def load_run(source: RunSource | str, name: str | None = None, progress: Progress = no_progress) -> Run:

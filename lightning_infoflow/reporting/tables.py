@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +15,7 @@ from lightning_infoflow.reporting.runs import Run
 
 INFORMATION = "information (nats/word)"
 EFFECTIVE_WORDS = "effective words"
+COMPARED = "compared"
 PLUS_MINUS = "±"
 INTERVAL_LEVEL = 0.9
 """Probability of the intervals the package states: logged ``information_low/high`` and the curves' bands,
@@ -33,6 +34,9 @@ MEASURES: dict[str, str] = {
                      "large share), averaged over the probe sentences; the sentence length when every word is "
                      "kept alike, 1 when one word holds it all. Free of sigma_max; result files written before this "
                      "definition held the participation ratio of the information instead, not comparable with it",
+    COMPARED: "whether the run's information is compared with the other runs': a run that has not learned "
+              "(rule not_learning) or whose last layer collapsed (rule collapsed_layer) is left out of every "
+              "comparison of information (tables and figures), since its numbers describe no learned model",
     "mean entropy": "the uncertainty left about a word given the layer's state, H(X_i | s) in nats (Eq. 6), "
                     "averaged over the words; the higher, the less the layer keeps",
 }
@@ -152,8 +156,14 @@ def information_of(run: Run, layer: str) -> Estimate:
     return Estimate(by_layer(run, layer, "layer_information"), by_layer(run, layer, "layer_information_se"))
 
 
-def compare_tables(runs: Sequence[Run]) -> list[Table]:
-    """The tables of a comparison: runs (differing hparams, metrics, last layer), and information per layer."""
+def compare_tables(runs: Sequence[Run], left_out: Mapping[str, str] | None = None) -> list[Table]:
+    """The tables of a comparison: runs (differing hparams, metrics, last layer), and information per layer.
+
+    ``left_out`` (run name -> why, :func:`~lightning_infoflow.reporting.findings.left_out`): runs whose
+    information is compared with no other run's: their row keeps its hyperparameters and metrics, shows no
+    information and says why in a last column; they have no column in the per-layer table.
+    """
+    left_out = left_out or {}
     keys = sorted(set().union(*(r.hparams for r in runs)))
     differing = [k for k in keys if len({repr(r.hparams.get(k)) for r in runs}) > 1]
     metric_names = sorted(set().union(*(r.final_metrics() for r in runs)))
@@ -161,10 +171,17 @@ def compare_tables(runs: Sequence[Run]) -> list[Table]:
     rows = []
     for r in runs:
         m = r.final_metrics()
+        shown = r.name not in left_out
         rows.append([r.name, *[r.hparams.get(k) for k in differing], *[m.get(k, float("nan")) for k in metric_names],
-                     r.layer_names[-1], information_of(r, r.layer_names[-1]), float(r.last.effective_words[-1]),
-                     f"{len(r.results)} to step {r.steps[-1]}"])
-    per_layer = [[layer, *[information_of(r, layer) for r in runs]] for layer in layer_axis(runs)]
+                     r.layer_names[-1], information_of(r, r.layer_names[-1]) if shown else None,
+                     float(r.last.effective_words[-1]) if shown else None, f"{len(r.results)} to step {r.steps[-1]}",
+                     *([] if not left_out else ["yes" if shown else f"no: {left_out[r.name]}"])])
+    if left_out:
+        header.append(COMPARED)
+    compared = [r for r in runs if r.name not in left_out]
+    per_layer = [[layer, *[information_of(r, layer) for r in compared]] for layer in layer_axis(runs)]
+    title = "Information per layer at the last analysis (nats per word ± standard error)"
+    if left_out:
+        title += f"; left out: {', '.join(left_out)}"
     return [Table("Runs (hyperparameters that differ, final validation metrics, last layer)", header, rows),
-            Table("Information per layer at the last analysis (nats per word ± standard error)",
-                  ["layer", *[r.name for r in runs]], per_layer)]
+            Table(title, ["layer", *[r.name for r in compared]], per_layer)]
