@@ -143,6 +143,8 @@ def test_noisy_word_use_flags_the_last_layer_when_stop_words_carry_as_much():
     assert [f.layer for f in found] == ["layer1"] and found[0].measured["log_sigma_gap"] == pytest.approx(0.0, abs=1e-5)
     assert found[0].step == 7 and "6 stop-word and 5 content tokens" in found[0].message
     assert "1.00x the noise of content words" in found[0].message
+    # a description, not advice: the sweeps did not show which way it should move a setting
+    assert found[0].severity == "info" and found[0].extra["direction"] == "none"
     assert [f.layer for f in noisy_word_use(r, layers="all")] == ["layer0", "layer1"]
     # the bar is a gap in nats: stop words at 1.9 nats (log sigma 0.1 higher) pass a 0.1 bar only just
     for b, t in ((0, 0), (0, 2), (0, 3), (1, 0), (1, 1), (1, 3)):  # the stop words
@@ -199,6 +201,11 @@ def test_phases_need_evidence_not_a_fixed_share():
     still = information_phases(steps, [[5.0], [5.5], [9.0]], se=[[0.1]] * 3)[0]
     assert "still" not in still.message and "train longer" in still.suggestion
     assert information_phases([0, 5], [[1.0], [2.0]]) == []
+    # compression alone is described, with no advice on the regularisation (the sweeps showed it for the best
+    # and the worst settings alike)
+    falling = information_phases(steps, [[9.0], [7.0], [5.0]], se=[[0.1]] * 3)[0]
+    assert falling.extra["label"] == "compression" and "description, not advice" in falling.suggestion
+    assert "regularisation" not in falling.suggestion
     # without SEs the noise is read off the curve: a clean step up in a flat noisy curve is found
     flat = [10.0, 10.1, 9.9, 10.05, 9.95, 10.0, 14.0, 14.1, 13.9, 14.05]
     assert [p.kind for p in curve_phases(flat)] == ["expansion"]

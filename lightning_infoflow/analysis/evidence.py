@@ -124,8 +124,8 @@ def phase_finding(name: str, steps: list[int], col: Tensor, phases: list[Phase],
            "before it is a candidate" if [p.kind for p in phases] == ["expansion", "compression"] else
            "no compression yet: train longer before judging how much the layer keeps"
            if phases and phases[-1].kind == "expansion" else "nothing to change on this account" if not phases else
-           "compression without a later expansion: if the loss is flat too, try a larger learning rate or less "
-           "regularisation")
+           "compression without a later expansion: the layer is still discarding input; on the validation sweeps "
+           "this held for the best and the worst settings alike, so it is a description, not advice")
     return Finding(
         rule="information_phases", severity="info", run=run, layer=name, step=steps[k], message=message,
         measured={"peak_step": float(steps[k]), "peak_information": float(col[k]),
