@@ -208,6 +208,16 @@ def test_analyze_follows_the_estimators_default_steps(ckpt, tmp_path, monkeypatc
     assert data["meta"]["steps"] == 3 and data["meta"]["steps_run"] == 3
 
 
+def test_analyze_takes_auto_steps_and_a_target(ckpt, tmp_path):
+    res = analyze(ckpt, tmp_path, "auto", "--no-progress", "--steps", "auto", "--target-error", "0.2")
+    assert res.exit_code == 0, res.output
+    meta = torch.load(tmp_path / "auto" / "infoflow" / "results" / "step_00000001.pt", weights_only=True)["meta"]
+    assert meta["steps"] == "auto" and meta["target_error"] == 0.2 and meta["stopped"] in ("target", "max_steps")
+    assert max(meta["error"]) <= 0.2 or meta["stopped"] == "max_steps"
+    res = analyze(ckpt, tmp_path, "bad", "--steps", "many")
+    assert res.exit_code == 2 and "'many' is neither 'auto' nor a non-negative int" in res.output
+
+
 def test_analyze_progress_bar_on_a_terminal_only(ckpt, tmp_path, monkeypatch):
     monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich takes stderr for a terminal
     res = analyze(ckpt, tmp_path, "tty", "--steps", "4")
