@@ -21,7 +21,7 @@ class EstimatorConfig:
         estimator:
           lam: 0.1
           steps: auto
-          target_error: 0.03
+          target_error: 0.05
           position: all
 
     Args:
@@ -32,7 +32,7 @@ class EstimatorConfig:
             optimisation steps of a cold analysis (the first one, or one after a failure).
         warm_steps: optimisation steps of an analysis warm-started from the previous one; ``None``
             (default): the same as ``steps``.
-        target_error: where ``"auto"`` stops: the root-mean-square error of ``log sigma`` (0.03: about 3%
+        target_error: where ``"auto"`` stops: the root-mean-square error of ``log sigma`` (0.05: about 5%
             relative error of each word's sigma; a layer's mean information averages it down further).
         max_steps: the cap of ``"auto"``.
         samples: noise draws per optimisation step.
@@ -59,8 +59,8 @@ class EstimatorConfig:
     lam: float = 0.1
     steps: Union[int, Literal["auto"]] = "auto"
     warm_steps: Union[int, Literal["auto"], None] = None
-    target_error: float = 0.03
-    max_steps: int = 300
+    target_error: float = 0.05
+    max_steps: int = 200
     samples: int = 4
     position: PositionSpec = "all"
     sigma_max: Optional[float] = None
