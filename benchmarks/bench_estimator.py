@@ -14,7 +14,9 @@ Quality: median relative error ``|sigma - ref| / ref`` over real words, against 
 package's estimator (``reference`` job) on the first ``--ref-n`` sentences of the probe. The hidden-unit
 normalisation always comes from all 32 probe sentences (``reference=`` batch), so a result for a
 sentence does not depend on which other sentences shared its batch. The baseline's objective equals
-the package's with ``lam = rate * H / K`` (see ``baseline_loop.py``), which is 0.1 here.
+the package's with ``lam = rate * H / K`` (see ``baseline_loop.py``), which is 0.1 here; both use the
+per-token normalisation (``normalisation="tokens"``) and perturb the token lookup. The side-by-side
+comparison with the authors' own normalisation and noise point is ``versus_authors.py``.
 """
 
 from __future__ import annotations

@@ -47,7 +47,8 @@ import versus_report as R  # noqa: E402
 
 from lightning_infoflow import InfoFlowEstimator  # noqa: E402
 
-LADDER = ("target=0.1", "target=0.05", "default", "target=0.02", "target=0.01", "steps=5", "steps=10", "steps=20")
+LADDER = ("steps=0", "steps=5", "steps=10", "steps=20", "target=0.1", "target=0.05", "default", "target=0.02",
+          "target=0.01")
 REFERENCE_SENTENCES = 32
 
 
@@ -251,18 +252,8 @@ def scope(probe: Probe, n_layers: int, authors_steps: int, threads: int, model_n
     return {"text": text, "sentences": n, "lengths": probe.lengths, "layers": probe.layers,
             "authors_steps": authors_steps, "normalisation": probe.normalisation, "embedding": probe.embedding,
             "lam": probe.lam, "rate": probe.rate, "sigma_max": probe.sigma_max, "threads": threads,
-            "model": model_name}
-
-
-def extrapolation(raw: dict[str, Any], default: str, words_32: int) -> Optional[dict[str, Any]]:
-    """Costs scaled linearly in words to the 32 probe sentences (None when all 32 ran)."""
-    words_run = sum(raw["scope"]["lengths"])
-    if raw["scope"]["sentences"] >= REFERENCE_SENTENCES:
-        return None
-    factor = words_32 / words_run
-    authors = sum(a["cpu_s"] for a in raw["authors"]) / len(raw["authors"])
-    return {"factor": factor, "words_32": words_32, "words_run": words_run, "authors_cpu_s": authors * factor,
-            "default_cpu_s": raw["ours"][default]["cpu_s"] * factor, "how": "linear in words (an assumption)"}
+            "model": model_name, "words_32": int(probe.reference["attention_mask"].sum()),
+            "sentences_32": REFERENCE_SENTENCES}
 
 
 def _layers(model: nn.Module, spec: str) -> list[str]:
@@ -278,8 +269,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     p.add_argument("--authors-steps", type=int, default=5000, help="iterations of the authors' loop (their default)")
     p.add_argument("--checkpoints", default="500,1000,2000", help="also report the authors' loop at these iterations")
     p.add_argument("--settings", nargs="+", default=list(LADDER), help="ours: 'default', target=E, steps=N[,samples=S]")
-    p.add_argument("--ref-steps", type=int, default=300)
-    p.add_argument("--ref-samples", type=int, default=16)
+    p.add_argument("--ref-steps", type=int, default=250)
+    p.add_argument("--ref-samples", type=int, default=12)
     p.add_argument("--ref-seeds", default="101,102")
     p.add_argument("--normalisation", default="sentences", choices=["sentences", "tokens"])
     p.add_argument("--embedding", default="embeddings",
@@ -287,7 +278,10 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     p.add_argument("--rate", type=float, default=0.1, help="the authors' rate (lambda)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(C.RESULTS / "versus_authors.json"))
+    p.add_argument("--from-raw", default=None, help="summarise a saved raw file (.pt) again instead of measuring")
     args = p.parse_args(argv)
+    if args.from_raw:
+        return write(torch.load(args.from_raw, weights_only=False), args.out)
     torch.set_num_threads(args.threads)
     model = C.load_model(args.model)
     for q in model.parameters():
@@ -307,20 +301,25 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     print(f"reference: {ref['cpu_s']:.1f} CPU s, seeds differ by {ref['seed_spread']}", flush=True)
     raw = measure(probe, settings, args.authors_steps, [int(c) for c in args.checkpoints.split(",") if c])
     raw.update(scope=sc, mask=probe.batch["attention_mask"].bool(), reference=ref)
-    raw["extrapolated_32"] = extrapolation(raw, "default", int(reference["attention_mask"].sum()))
-    summary = R.summarise(raw, "default")
-    summary.update(machine=C.machine(), commit=C.git_commit(), argv=sys.argv[1:] if argv is None else argv,
-                   load_after=C.loadavg(), total_wall_s=time.perf_counter() - t0,
-                   total_cpu_s=time.process_time() - c0, defaults=asdict(estimator_defaults()))
-    table = R.markdown(summary)
-    out = os.path.abspath(args.out)
-    C.write_json(Path(out), summary)
-    Path(out).with_suffix(".md").write_text(table)
-    raw_path = C.RESULTS / "raw" / (Path(out).stem + ".pt")
+    raw["run"] = dict(machine=C.machine(), commit=C.git_commit(), argv=sys.argv[1:] if argv is None else argv,
+                      load_after=C.loadavg(), total_wall_s=time.perf_counter() - t0,
+                      total_cpu_s=time.process_time() - c0, defaults=asdict(estimator_defaults()))
+    raw_path = C.RESULTS / "raw" / (Path(args.out).stem + ".pt")
     raw_path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(raw, raw_path)
+    print(f"wrote {raw_path}")
+    return write(raw, args.out)
+
+
+def write(raw: dict[str, Any], out: str) -> dict[str, Any]:
+    """Summarise ``raw``, write the JSON summary and the Markdown table next to it, print the table."""
+    summary = dict(R.summarise(raw, "default"), **raw["run"])
+    table = R.markdown(summary)
+    path = Path(out).resolve()
+    C.write_json(path, summary)
+    path.with_suffix(".md").write_text(table)
     print(table)
-    print(f"wrote {out}, {Path(out).with_suffix('.md')} and {raw_path}; total {summary['total_wall_s']:.0f} wall s, "
+    print(f"wrote {path} and {path.with_suffix('.md')}; the measurement took {summary['total_wall_s']:.0f} wall s, "
           f"{summary['total_cpu_s']:.0f} CPU s")
     return summary
 

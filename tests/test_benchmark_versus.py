@@ -103,7 +103,7 @@ def test_cheapest_and_ratios_on_hand_made_numbers() -> None:
     raw = {"authors": authors, "reference": {"sigma": ones, "steps": 1, "samples": 1, "seeds": [1], "cpu_s": 1.0,
                                              "seed_spread": None},
            "ours": {"cheap": run(1.08, 1.0), "default": run(1.03, 2.0), "fine": run(1.01, 5.0), "bad": run(2.0, 0.5)},
-           "mask": mask, "scope": {}}
+           "mask": mask, "scope": {"sentences": 2, "lengths": [3, 1], "words_32": 40, "sentences_32": 32}}
     s = R.summarise(raw, "default")
     assert s["authors"]["cpu_s"] == 150.0
     assert s["authors"]["spread"]["median"] == pytest.approx(0.1)  # |1.1 - 1.0| / 1.0
@@ -116,5 +116,10 @@ def test_cheapest_and_ratios_on_hand_made_numbers() -> None:
     assert strict["bar"] == pytest.approx(0.05)
     assert (strict["cheapest"], strict["ratio"], strict["default_over_cheapest"]) == ("default", 75.0, 1.0)
     assert R.cheapest_within(s["ours"], 0.005) is None
+    x = s["extrapolated_32"]  # 32 / 2 sentences, 40 / 4 words
+    assert x["factors"] == {"sentences": 16.0, "words": 10.0}
+    assert x["authors_cpu_s"] == {"sentences": 2400.0, "words": 1500.0}
+    assert x["default_cpu_s"] == {"sentences": 32.0, "words": 20.0}
+    assert R.extrapolation(dict(raw["scope"], sentences=32), 1.0, 1.0) is None
     assert R.rel_errors(ones * 1.2, ones, mask)["rms"] == pytest.approx(0.2)
     assert R.rel_errors(ones * math.nan, ones, mask)["median"] == math.inf
