@@ -69,7 +69,7 @@ def child_peak(budget_mib: int, steps: int, sentences: int, max_length: int) -> 
     torch.manual_seed(0)
     model = BertModel(BertConfig()).eval()
     batch = _probe(sentences, max_length)
-    est = InfoFlowEstimator(model, steps=steps, samples=1, memory_budget=budget_mib * MIB, tol=0.0)
+    est = InfoFlowEstimator(model, steps=steps, samples=1, memory_budget=budget_mib * MIB)
     gc.collect()
     before = _status("VmRSS")
     exact = _reset_peak()

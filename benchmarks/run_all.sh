@@ -20,7 +20,7 @@ baseline_per_layer() {  # $1 = model, $2 = sentence, $3 = layers: one process pe
 
 reference() {  # $1 = model: long runs on sentences 0 and 2 (normalisation from all 32), two seeds
   for s in 0 1; do
-    $B estimate --model "$1" --rows 0,2 --steps 150 --samples 4 --lr 0.05 --tol 0 --seed $s --tag ref_$1_s$s
+    $B estimate --model "$1" --rows 0,2 --steps 150 --samples 4 --lr 0.05 --seed $s --tag ref_$1_s$s
   done
 }
 
@@ -44,7 +44,7 @@ timing() {  # $1 = model: all 32 sentences, all layers
 warm() {  # a few hundred training steps, then cold vs warm on the fine-tuned weights
   W=/tmp/infoflow_bench_finetuned.pt
   $B finetune --model minilm --steps 200 --tag finetune_minilm --out $W
-  $B estimate --model minilm --weights $W --rows 0,2 --steps 150 --samples 4 --lr 0.05 --tol 0 --seed 0 --tag ref_ft_minilm_s0
+  $B estimate --model minilm --weights $W --rows 0,2 --steps 150 --samples 4 --lr 0.05 --seed 0 --tag ref_ft_minilm_s0
   for cfg in 0:2 0:4 5:4 10:4; do
     st=${cfg%%:*}; sa=${cfg##*:}
     $B estimate --model minilm --weights $W --rows 0,2 --steps $st --samples $sa --tag ftcold_minilm_st${st}_sa${sa}
@@ -69,7 +69,7 @@ baseline_short() {  # $1 = model, $2 = sentence, $3 = layer: timing only, 300 st
 warm_light() {  # what fitted the shared machine: shorter reference, warm starts from the closed-form result
   W=/tmp/infoflow_bench_finetuned.pt
   [ -f $W ] || $B finetune --model minilm --steps 200 --tag finetune_minilm --out $W
-  $B estimate --model minilm --weights $W --rows 0,2 --steps 80 --samples 4 --lr 0.05 --tol 0 --seed 0 --tag ref_ft_minilm_s0
+  $B estimate --model minilm --weights $W --rows 0,2 --steps 80 --samples 4 --lr 0.05 --seed 0 --tag ref_ft_minilm_s0
   for cfg in 0:4 5:4; do
     st=${cfg%%:*}; sa=${cfg##*:}
     $B estimate --model minilm --weights $W --rows 0,2 --steps $st --samples $sa --tag ftcold_minilm_st${st}_sa${sa}
