@@ -69,6 +69,22 @@ def test_warm_start_on_an_unchanged_model_stops_after_its_first_check() -> None:
     assert sum(stops) >= 17
 
 
+def test_warm_start_from_a_capped_result_must_show_it_is_within_the_target() -> None:
+    # a start that stopped at a cap, short of its target, gets no benefit of the doubt: on the unchanged
+    # model a window of 10 draws cannot resolve a distance of 0.001, and it must not read that as 0
+    torch.manual_seed(0)
+    model = GRUStack()
+    ids = random_ids(8, 10)
+    capped = InfoFlowEstimator(model, layers="grus.*", target_error=1e-3).estimate(ids, max_steps=200)
+    assert capped.meta["stopped"] == "max_steps" and capped.meta["max_steps"] == 200
+    # a plain comparison of the window's estimate with the target stopped 3 of these 16 (measured)
+    again = [InfoFlowEstimator(model, layers="grus.*", seed=s, target_error=1e-3, max_steps=20)
+             .estimate(ids, init=capped).meta["steps_run"] for s in range(16)]
+    assert again == [20] * 16
+    with pytest.raises(ValueError, match="max_steps"):
+        InfoFlowEstimator(model, layers="grus.*").estimate(ids, max_steps=0)
+
+
 def test_warm_start_on_a_changed_model_moves_to_the_new_optimum() -> None:
     ids = random_ids(16, 4)
     before = LinearModel(A, dim=64)

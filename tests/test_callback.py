@@ -647,3 +647,62 @@ def test_budget_holds_when_it_can(tmp_path, monkeypatch):
     cheap, messages = _budget_run(tmp_path / "cheap", monkeypatch, analysis_s=0.5)
     assert messages == [] and _analysed_steps(cheap) == [0, 1, 2, 5, 10, 20, 40, 60] and cheap.skipped == 0
     assert _overhead(cheap) <= 0.1
+
+
+def _capped_run(tmp_path, monkeypatch, per_step_s: float, max_overhead: float = 0.1):
+    """60 training steps of 1 s each (fake clock); every optimisation step of an analysis costs ``per_step_s``;
+    ``steps="auto"`` with a target no analysis reaches, so only ``max_steps`` (60) or the budget stops one."""
+    from lightning_infoflow.core.refine import Refiner
+    from lightning_infoflow.lightning import schedule
+    from lightning_infoflow.lightning.hooks import HookOutput, InfoFlowHook
+
+    clock = _FakeClock()
+    monkeypatch.setattr(schedule, "clock", clock)
+    gradient = Refiner.gradient
+
+    def costly(self, log_sigma):
+        clock.now += per_step_s
+        return gradient(self, log_sigma)
+
+    monkeypatch.setattr(Refiner, "gradient", costly)
+    metas: list[dict[str, Any]] = []
+
+    class Record(InfoFlowHook):
+        def __call__(self, estimator, probe, result):
+            metas.append(dict(result.meta))
+            return HookOutput()
+
+    config = EstimatorConfig(steps="auto", target_error=1e-4, max_steps=60, samples=1)
+    cb = InfoFlowCallback(probe_ids(), every_n_train_steps=20, heatmaps=0, hooks=[Record()], estimator=config,
+                          max_overhead=max_overhead)
+    trainer = _trainer(tmp_path, [cb, _Tick(clock, 1.0)], max_steps=60)
+    trainer.fit(TinyClassifier(), loaders()[0])
+    return cb, metas
+
+
+def test_budget_caps_the_steps_of_automatic_analyses(tmp_path, monkeypatch, caplog):
+    # step 0 (cold, cost unknown) runs all 60 steps: 6 s, the whole budget of 10% of 60 s. Without a cap
+    # the one at the end would cost 6 s more; capped, it gets one check (10 steps, 1 s) and says so
+    with caplog.at_level("INFO"):
+        cb, metas = _capped_run(tmp_path, monkeypatch, per_step_s=0.1)
+    assert _analysed_steps(cb) == [0, 60]
+    first, last = metas
+    assert first["steps_run"] == 60 and first["stopped"] == "max_steps" and first["max_steps"] == 60
+    assert last["steps_run"] == 10 and last["stopped"] == "budget" and last["max_steps"] == 10
+    assert cb.capped == 1 and cb.last_result.meta["stopped"] == "budget"
+    said = [r.getMessage() for r in caplog.records if "stopped at 10 steps" in r.getMessage()]
+    assert len(said) == 1 and "max_overhead=0.1" in said[0] and "target_error=0.0001" in said[0]
+    assert cb.state_dict()["analysis_seconds"] == pytest.approx(7.0)
+
+
+def test_budget_cap_lets_cheap_analyses_run_in_full_and_holds_the_overhead(tmp_path, monkeypatch):
+    # 1 ms per step: 60 steps cost 0.06 s, far inside the 6 s budget: nothing is capped or skipped
+    cb, metas = _capped_run(tmp_path, monkeypatch, per_step_s=0.001)
+    assert [m["steps_run"] for m in metas] == [60] * 8 and cb.capped == 0 and cb.skipped == 0
+    # 60 ms per step (3.6 s for 60): the one at the end gets what is left (2.4 s, 40 steps), the overhead holds
+    cb, metas = _capped_run(tmp_path / "tight", monkeypatch, per_step_s=0.06)
+    assert [m["stopped"] for m in metas] == ["max_steps", "budget"] and 39 <= metas[1]["steps_run"] <= 40
+    assert _overhead(cb) <= 0.1 + 1e-9
+    # no budget: every analysis runs to max_steps
+    free, metas = _capped_run(tmp_path / "free", monkeypatch, per_step_s=0.1, max_overhead=None)
+    assert [m["steps_run"] for m in metas] == [60] * 8 and free.capped == 0

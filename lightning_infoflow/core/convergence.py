@@ -117,17 +117,18 @@ class Convergence:
         iterate = (self.iterate_var * free).sum(dim=(1, 2)) / count
         return distance.clamp_min(0.0) + iterate, (spread / count).sqrt()
 
-    def within(self, target: float, benefit_of_doubt: bool = False) -> bool:
+    def within(self, target: float, doubt: float = 0.0) -> bool:
         """Whether every layer's estimated error is at most ``target`` (synchronises the device).
 
-        ``benefit_of_doubt``: also when its mean squared error exceeds ``target^2`` by less than one
-        standard error of that mean. A warm start's measuring window uses it: its start point is a result
-        that already stopped at ``target``, which a window of noisy gradients would otherwise re-check
-        as a coin flip; a change of the model that the window can tell apart from that still moves it.
+        ``doubt``: standard errors of the mean squared error that the check allows (+1) or demands (-1).
+        A warm start's measuring window uses them. Its start point is a result: one that already stopped
+        at ``target`` gets the benefit of the doubt (+1), since a window of noisy gradients would otherwise
+        re-check it as a coin flip, while a change of the model that the window can tell apart still moves
+        it; one that stopped at a cap must show it is within (-1), since a window of eta = 0 has no
+        iterate noise and a distance it cannot resolve would read as 0.
         """
         squared, se = self.squared_error()
-        slack = se if benefit_of_doubt else torch.zeros_like(se)
-        return bool((squared - slack <= target**2).all())
+        return bool((squared - doubt * se <= target**2).all())
 
     def mean_gradient(self) -> Tensor:
         """``[L, B, T]`` the window's mean gradient (a warm start's first, measuring window uses it for one

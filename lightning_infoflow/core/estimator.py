@@ -61,9 +61,16 @@ from lightning_infoflow.core.runner import (
     check_normalisation,
     check_position,
 )
-from lightning_infoflow.core.settings import check_settings, check_steps
+from lightning_infoflow.core.settings import check_max_steps, check_settings, check_steps
 from lightning_infoflow.core.start import closed_form, warm_start
 from lightning_infoflow.core.uncertainty import StepNoise
+
+
+def trusted(init: Optional[InfoFlowResult], target_error: float) -> bool:
+    """Whether a warm start is a result that stopped at ``target_error`` or a finer one (not at a cap)."""
+    if init is None or init.meta.get("stopped") != "target":
+        return False
+    return float(init.meta.get("target_error", math.inf)) <= target_error
 
 
 class InfoFlowEstimator:
@@ -233,6 +240,7 @@ class InfoFlowEstimator:
         reference: Optional[inputs.Batch] = None,
         tokens: Optional[list[list[str]]] = None,
         on_step: Optional[Callable[[int, int], None]] = None,
+        max_steps: Optional[int] = None,
     ) -> InfoFlowResult:
         """Learn sigma for every watched layer, sentence and word of ``batch``.
 
@@ -246,6 +254,8 @@ class InfoFlowEstimator:
             reference: a batch whose hidden states give the normalisation ``var_e``; default: ``batch``.
             tokens: word strings per sentence, stored in the result for labels.
             on_step: called as ``on_step(step, steps)`` after every optimisation step (for progress bars).
+            max_steps: the cap of ``steps="auto"`` for this call, at most the estimator's ``max_steps``
+                (e.g. what a time budget allows; ``meta["max_steps"]`` records it).
 
         Returns:
             An :class:`InfoFlowResult` with tensors on the CPU. Words for which a layer's output was not
@@ -259,12 +269,15 @@ class InfoFlowEstimator:
         if steps is None:
             steps = self.steps
         check_steps(steps)
+        if max_steps is not None:
+            check_max_steps(max_steps)
+        cap = self.max_steps if max_steps is None else min(max_steps, self.max_steps)
         device = guard.device_of(self.model)
         mask = inputs.word_mask(batch, self.pad_token_id).to(device)
         batch = inputs.to_device(batch, device)
         with guard.model_untouched(self.model, device):
             prep = self._prepare(batch, mask, reference, device)
-            return self._optimise(prep, init, tokens, on_step, steps, self.samples)
+            return self._optimise(prep, init, tokens, on_step, steps, self.samples, cap)
 
     @torch.no_grad()
     def check(self, batch: inputs.Batch) -> list[str]:
@@ -283,7 +296,7 @@ class InfoFlowEstimator:
         batch = inputs.to_device(batch, device)
         with guard.model_untouched(self.model, device):
             prep = self._prepare(batch, mask, None, device)
-            self._optimise(prep, None, None, None, steps=1, samples=1)
+            self._optimise(prep, None, None, None, steps=1, samples=1, max_steps=1)
         return [r.name for r in prep.rows]
 
     def _prepare(self, batch: inputs.Batch, mask: Tensor, reference: Optional[inputs.Batch],
@@ -299,7 +312,7 @@ class InfoFlowEstimator:
 
     def _optimise(self, prep: PreparedProbe, init: Optional[InfoFlowResult], tokens: Optional[list[list[str]]],
                   on_step: Optional[Callable[[int, int], None]], steps: Union[int, str],
-                  samples: int) -> InfoFlowResult:
+                  samples: int, max_steps: int) -> InfoFlowResult:
         """Closed-form (or warm) start, then SGD on ``log sigma`` (:mod:`~lightning_infoflow.core.refine`)."""
         device = prep.mask.device
         n_rows, bsz = len(prep.rows), prep.batch_size
@@ -322,9 +335,9 @@ class InfoFlowEstimator:
             log_sigma = closed_form(prep, scorer, bounds, samples, gen, self.lam)
         log_sigma = log_sigma.clamp(max=math.log(prep.noise_scale)).masked_fill(~words, 0.0)
         log_sigma = log_sigma.contiguous().requires_grad_(True)
-        plan = Plan(steps=steps, max_steps=self.max_steps, target_error=self.target_error,
+        plan = Plan(steps=steps, max_steps=max_steps, target_error=self.target_error,
                     check_every=self.check_every, lr=self.lr, warm_lr=self.warm_lr, lam=self.lam, samples=samples,
-                    warm=init is not None)
+                    warm=init is not None, trusted_start=trusted(init, self.target_error))
         step_noise = StepNoise(words)
         outcome = Refiner(prep, scorer, bounds, words, gen, plan).run(log_sigma, step_noise, on_step)
         return self._result(prep, log_sigma.detach(), words, outcome, (plan, chunk), step_noise, init, tokens)
@@ -360,7 +373,7 @@ class InfoFlowEstimator:
             meta={"lam": self.lam, "steps": plan.steps, "steps_run": steps_run, "samples": plan.samples,
                   "chunk_size": chunk, "embedding": self.embedding_name, "warm_start": init is not None,
                   "normalisation": self.normalisation, "stopped": outcome.stopped,
-                  "error": outcome.error, "target_error": self.target_error},
+                  "error": outcome.error, "target_error": self.target_error, "max_steps": plan.max_steps},
             unstable=unstable.cpu(),
             noise_se=noise_se,
             state_spread=prep.state_spread(),

@@ -12,7 +12,8 @@ automatic (``steps="auto"``)
     gradients since the window began; a window spans at least ``check_every`` steps and about the last
     third of the run, so the checks get quieter as the target gets finer. A warm start first
     *measures* for one window (gradients at the start point, no update): a model that did not change
-    stops there, after ``check_every`` steps. Otherwise it takes one Newton step with the window's mean
+    stops there, after ``check_every`` steps (a start that itself stopped at the target gets the benefit
+    of the doubt, one standard error; one that stopped at a cap must show it, one standard error). Otherwise it takes one Newton step with the window's mean
     gradient, ``u -= g_bar / h`` (the whole distance on a quadratic, with ``check_every`` times the draws
     of one step), and goes on with the warm schedule as if those ``check_every`` steps had been taken.
 """
@@ -48,6 +49,7 @@ class Plan:
     lam: float
     samples: int
     warm: bool
+    trusted_start: bool = False  # the warm start is a result that stopped at this target or a finer one
 
     @property
     def auto(self) -> bool:
@@ -137,7 +139,8 @@ class Refiner:
                 on_step(done, plan.limit)
             if plan.auto and conv.count % plan.check_every == 0:
                 error = conv.error().tolist()  # the loop's only synchronisation
-                if conv.within(plan.target_error, benefit_of_doubt=measuring):
+                doubt = (1.0 if plan.trusted_start else -1.0) if measuring else 0.0
+                if conv.within(plan.target_error, doubt):
                     return Outcome(self.recon, done, error, "target")
                 if measuring:  # the start point is off: one Newton step with the window's mean gradient,
                     # then the schedule as if that window's steps had been taken (its draws are in the step)

@@ -27,8 +27,7 @@ def check_settings(lam: float, steps: Any, samples: int, sigma_max: Optional[flo
         raise ValueError(f"`memory_budget` must be a positive number of bytes, got {memory_budget!r}")
     if not (isinstance(check_every, int) and check_every > 0):
         raise ValueError(f"`check_every` must be a positive int, got {check_every!r}")
-    if not (isinstance(max_steps, int) and not isinstance(max_steps, bool) and max_steps > 0):
-        raise ValueError(f"`max_steps` must be a positive int (the cap of steps='auto'), got {max_steps!r}")
+    check_max_steps(max_steps)
     if not (isinstance(target_error, (int, float)) and 0 < target_error < 1):
         raise ValueError(f"`target_error` must be in (0, 1), e.g. 0.03 for about 3% error of sigma, "
                          f"got {target_error!r}")
@@ -42,3 +41,9 @@ def check_steps(steps: Any) -> None:
         raise ValueError(
             f"`steps` must be 'auto' (stop at target_error) or a non-negative int (0: closed-form start only), "
             f"got {steps!r}")
+
+
+def check_max_steps(max_steps: Any) -> None:
+    """Raise a ValueError unless ``max_steps`` (the cap of ``steps="auto"``) is a positive int."""
+    if not (isinstance(max_steps, int) and not isinstance(max_steps, bool) and max_steps > 0):
+        raise ValueError(f"`max_steps` must be a positive int (the cap of steps='auto'), got {max_steps!r}")

@@ -85,7 +85,10 @@ class InfoFlowCallback(Callback):
             by skipping scheduled analyses (counted in ``skipped``). The first (step 0) and the last always
             run; when those two alone exceed the budget, a warning after the first training step says so
             once, with the projected training time and the cost of one analysis, and only those two run.
-            ``None`` runs every scheduled analysis.
+            An automatic analysis (``steps="auto"``) is also capped at the steps its share of the budget left
+            pays for (at least one check); one that stops there short of ``target_error`` says
+            ``meta["stopped"] == "budget"`` (counted in ``capped``, said once). ``None`` runs every
+            scheduled analysis to its target.
         name: the namespace of metric keys, folders and checkpoint state; two callbacks in one Trainer
             need two names.
         estimator: the estimator's settings (:class:`~lightning_infoflow.lightning.config.EstimatorConfig`).
@@ -180,6 +183,11 @@ class InfoFlowCallback(Callback):
     def skipped(self) -> int:
         """Scheduled analyses skipped to stay under ``max_overhead``."""
         return self.state.skipped
+
+    @property
+    def capped(self) -> int:
+        """Analyses that ``max_overhead`` stopped short of the target error (``meta["stopped"] == "budget"``)."""
+        return self.state.capped
 
     # ------------------------------------------------------------------ setup
 
@@ -302,7 +310,7 @@ class InfoFlowCallback(Callback):
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.at_end and self._enabled and trainer.global_step not in self.state.steps:
-            self._analyse(trainer, pl_module)
+            self._analyse(trainer, pl_module, at_end=True)
         self._budget.stop()
         if self._enabled and trainer.is_global_zero:
             self._publisher.close()  # every pending result file and figure first
@@ -327,7 +335,7 @@ class InfoFlowCallback(Callback):
     def _split(self, trainer: Trainer) -> bool:
         return self.distributed == "split" and trainer.world_size > 1
 
-    def _analyse(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def _analyse(self, trainer: Trainer, pl_module: LightningModule, at_end: bool = False) -> None:
         """Estimate at this step and publish it; the step counts as done only once this returns."""
         step = trainer.global_step
         if not self._split(trainer) and not trainer.is_global_zero:
@@ -337,8 +345,10 @@ class InfoFlowCallback(Callback):
             self.state.run_id = uuid.uuid4().hex
         started = schedule.clock()
         warm = self.state.previous is not None
+        steps = self.estimator.warm if warm else self.estimator.steps
+        cap = self._step_cap(trainer, at_end) if steps == "auto" else None
         try:
-            result = self._estimate(trainer, self.estimator.warm if warm else self.estimator.steps, step)
+            result = self._estimate(trainer, steps, step, cap)
         except Exception as err:  # noqa: BLE001 - training must go on
             self.state.failures += 1
             self.state.previous = None  # the next analysis starts cold
@@ -349,7 +359,10 @@ class InfoFlowCallback(Callback):
             )
             return
         seconds = schedule.clock() - started
-        self._budget.spent(seconds, new_analysis=True)
+        self._budget.spent(seconds, new_analysis=True, steps_run=int(result.meta.get("steps_run") or 0))
+        if cap is not None and result.meta.get("stopped") == "max_steps" and cap < self.estimator.max_steps:
+            result.meta["stopped"] = "budget"
+            self._said_budget_cap(step, cap, result)
         result.meta.update(name=self.name, step=step, run_id=self.state.run_id, epoch=trainer.current_epoch,
                            seconds=seconds, warm_start=warm,
                            world_size=trainer.world_size if self._split(trainer) else 1)
@@ -361,18 +374,38 @@ class InfoFlowCallback(Callback):
             self._budget.spent(schedule.clock() - started, new_analysis=False)  # logging counts too
         self.state.last_step = step
 
-    def _estimate(self, trainer: Trainer, steps: Union[int, Literal["auto"]], step: int) -> InfoFlowResult:
+    def _step_cap(self, trainer: Trainer, at_end: bool) -> Optional[int]:
+        """The budget's cap on the optimisation steps of an automatic analysis (at least one check)."""
+        assert self._estimator is not None
+        cap = self._budget.step_cap(trainer.global_step, float(trainer.estimated_stepping_batches), at_end,
+                                    floor=self._estimator.check_every)
+        return None if cap is None else min(cap, self.estimator.max_steps)
+
+    def _said_budget_cap(self, step: int, cap: int, result: InfoFlowResult) -> None:
+        """Once per run: an analysis stopped at the budget's cap, short of the target error."""
+        self.state.capped += 1
+        if self.state.capped == 1:
+            error = max(result.meta.get("error") or [float("nan")])
+            rank_zero_info(
+                f"InfoFlowCallback: the analysis at step {step} stopped at {cap} steps to keep the analyses under "
+                f"max_overhead={self.max_overhead}, at an estimated error of {error:.3f} (target_error="
+                f"{self.estimator.target_error}); its result says so (meta['stopped'] == 'budget'). Raise "
+                "max_overhead, or set it to None, for analyses that reach the target."
+            )
+
+    def _estimate(self, trainer: Trainer, steps: Union[int, Literal["auto"]], step: int,
+                  cap: Optional[int]) -> InfoFlowResult:
         assert self._estimator is not None and self._probe is not None
         context: AbstractContextManager[Any] = (
             trainer.precision_plugin.forward_context() if self.estimator.precision == "training" else nullcontext()
         )
-        total = self.estimator.max_steps if steps == "auto" else int(steps)
+        total = (cap or self.estimator.max_steps) if steps == "auto" else int(steps)
         with context, Progress(self._progress and trainer.is_global_zero, f"{self.name} step {step}", total) as bar:
             if self._split(trainer):
                 return estimate_split(trainer, self._estimator, self._probe, self.state.layer_names,
-                                      steps=steps, init=self.state.previous, on_step=bar.update)
+                                      steps=steps, init=self.state.previous, on_step=bar.update, max_steps=cap)
             return self._estimator.estimate(self._probe.batch, steps=steps, init=self.state.previous,
-                                            tokens=self._probe.tokens, on_step=bar.update)
+                                            tokens=self._probe.tokens, on_step=bar.update, max_steps=cap)
 
     def _run_hooks(self, result: InfoFlowResult, step: int) -> HookOutput:
         out = HookOutput()

@@ -58,6 +58,7 @@ def estimate_split(
     steps: Union[int, Literal["auto"]],
     init: Optional[InfoFlowResult],
     on_step: Callable[[int, int], None],
+    max_steps: Optional[int] = None,
 ) -> InfoFlowResult:
     """Each rank estimates its share of the probe sentences; the shares are gathered on every rank.
 
@@ -74,6 +75,7 @@ def estimate_split(
             part = estimator.estimate(
                 probe.select(mine), steps=steps, init=init.select(mine) if init is not None else None,
                 reference=probe.batch, tokens=[probe.tokens[i] for i in mine.tolist()], on_step=on_step,
+                max_steps=max_steps,
             )
         except Exception as err:  # noqa: BLE001 - reported on every rank after the gather
             error = err

@@ -54,6 +54,11 @@ class OverheadBudget:
     more analysis is over budget when it and the one reserved for the end (each as long as the last one)
     would exceed ``max_overhead`` of it. ``None`` never refuses.
 
+    An analysis that stops when good enough (``steps="auto"``) may cost ten or a hundred times another, so
+    the last one's length alone does not bound the next: :meth:`step_cap` caps its optimisation steps at
+    its share of what is left of the budget (half, the other half for the one at the end; all of it at
+    the end), at the last analysis's seconds per step, and never below ``floor`` steps.
+
     The first analysis (step 0) runs before its cost is known. :meth:`verdict`, asked once after the
     first training step, says whether the budget can hold at all: when the first analysis and the one
     at the end already exceed it, it returns the numbers and what the callback does instead (the first
@@ -66,6 +71,7 @@ class OverheadBudget:
         self.last_seconds = 0.0
         self.first_seconds = 0.0
         self.fit_seconds = 0.0
+        self.step_seconds = 0.0  # the last analysis's seconds per optimisation step (0: not known yet)
         self.judged = False
         self.cannot_hold = False  # the verdict: the first and the last analysis alone exceed the budget
         self._clock: Optional[float] = None
@@ -79,10 +85,13 @@ class OverheadBudget:
             self.fit_seconds += clock() - self._clock
             self._clock = None
 
-    def spent(self, seconds: float, new_analysis: bool) -> None:
-        """Count ``seconds`` of analysis work (a new analysis, or the logging of the current one)."""
+    def spent(self, seconds: float, new_analysis: bool, steps_run: int = 0) -> None:
+        """Count ``seconds`` of analysis work (a new analysis of ``steps_run`` optimisation steps, or the
+        logging of the current one)."""
         self.analysis_seconds += seconds
         self.last_seconds = seconds if new_analysis else self.last_seconds + seconds
+        if new_analysis and steps_run > 0:
+            self.step_seconds = seconds / steps_run
         if not self.judged:
             self.first_seconds = self.last_seconds
 
@@ -101,6 +110,15 @@ class OverheadBudget:
         upcoming = 2 * self.last_seconds  # this analysis and the one at the end
         return self.analysis_seconds + upcoming > self.max_overhead * self.projected_training(global_step,
                                                                                              estimated_steps)
+
+    def step_cap(self, global_step: int, estimated_steps: float, at_end: bool, floor: int) -> Optional[int]:
+        """The most optimisation steps the next analysis may take to stay in the budget (at least ``floor``),
+        or ``None`` when nothing bounds it (no budget, or no analysis measured yet)."""
+        if self.max_overhead is None or self.step_seconds == 0.0:
+            return None
+        left = self.max_overhead * self.projected_training(global_step, estimated_steps) - self.analysis_seconds
+        share = left if at_end else left / 2  # this one and the one reserved for the end
+        return max(floor, int(share / self.step_seconds)) if share > 0 else floor
 
     def verdict(self, global_step: int, estimated_steps: float) -> Optional[str]:
         """Once, after the first analysis and training step: why the budget cannot hold, or ``None``."""
@@ -127,14 +145,17 @@ class OverheadBudget:
 
     def reset(self) -> None:
         self.analysis_seconds = self.last_seconds = self.first_seconds = self.fit_seconds = 0.0
+        self.step_seconds = 0.0
         self.judged = self.cannot_hold = False
         self._clock = None
 
     def state_dict(self) -> dict[str, Any]:
         running = clock() - self._clock if self._clock is not None else 0.0
-        return {"analysis_seconds": self.analysis_seconds, "fit_seconds": self.fit_seconds + running}
+        return {"analysis_seconds": self.analysis_seconds, "fit_seconds": self.fit_seconds + running,
+                "step_seconds": self.step_seconds}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.analysis_seconds = float(state.get("analysis_seconds", 0.0))
         self.fit_seconds = float(state.get("fit_seconds", 0.0))
+        self.step_seconds = float(state.get("step_seconds", 0.0))
         self.judged = self.judged or self.analysis_seconds > 0  # a resumed run was judged before

@@ -64,6 +64,7 @@ class RunState:
         self.last: Optional[InfoFlowResult] = None
         self.failures = 0
         self.skipped = 0
+        self.capped = 0  # analyses the overhead budget stopped short of the target error
         self._loss_sum: Optional[Tensor] = None
         self._loss_count = 0
 
@@ -163,6 +164,7 @@ class RunState:
             "previous": prev.to_dict() if prev is not None else None,
             "failures": self.failures,
             "skipped": self.skipped,
+            "capped": self.capped,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -186,3 +188,4 @@ class RunState:
         self.previous = self.last = InfoFlowResult.from_dict(prev) if prev is not None else None
         self.failures = int(state.get("failures", 0))
         self.skipped = int(state.get("skipped", 0))
+        self.capped = int(state.get("capped", 0))
