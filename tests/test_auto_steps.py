@@ -69,6 +69,7 @@ def test_warm_start_on_an_unchanged_model_stops_after_its_first_check() -> None:
     assert sum(stops) >= 17
 
 
+@pytest.mark.slow
 def test_warm_start_from_a_capped_result_must_show_it_is_within_the_target() -> None:
     # a start that stopped at a cap, short of its target, gets no benefit of the doubt: on the unchanged
     # model a window of 10 draws cannot resolve a distance of 0.001, and it must not read that as 0

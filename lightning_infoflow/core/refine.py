@@ -13,9 +13,10 @@ automatic (``steps="auto"``)
     third of the run, so the checks get quieter as the target gets finer. A warm start first
     *measures* for one window (gradients at the start point, no update): a model that did not change
     stops there, after ``check_every`` steps (a start that itself stopped at the target gets the benefit
-    of the doubt, one standard error; one that stopped at a cap must show it, one standard error). Otherwise it takes one Newton step with the window's mean
-    gradient, ``u -= g_bar / h`` (the whole distance on a quadratic, with ``check_every`` times the draws
-    of one step), and goes on with the warm schedule as if those ``check_every`` steps had been taken.
+    of the doubt, one standard error; one that stopped at a cap must show it, one standard error).
+    Otherwise it takes one Newton step with the window's mean gradient, ``u -= g_bar / h`` (the whole
+    distance on a quadratic, with ``check_every`` times the draws of one step), and goes on with the warm
+    schedule as if those ``check_every`` steps had been taken.
 """
 
 from __future__ import annotations
