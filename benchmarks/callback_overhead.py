@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import glob
 import json
 import os
 import platform
@@ -64,6 +65,10 @@ def run(args: argparse.Namespace, mode: str) -> dict:
         with open(os.path.join(trainer.logger.log_dir, "metrics.csv")) as f:
             rows = [r for r in csv.DictReader(f) if r.get("infoflow/analysis_seconds")]
         seconds = [float(r["infoflow/analysis_seconds"]) for r in rows]
+        metas = [torch.load(path, map_location="cpu", weights_only=True)["meta"] for path in
+                 sorted(glob.glob(os.path.join(trainer.logger.log_dir, "infoflow", "results", "step_*.pt")))]
+        out.update(per_analysis=[{k: m.get(k) for k in ("step", "seconds", "steps_run", "stopped", "error")}
+                                 for m in sorted(metas, key=lambda m: m["step"])], capped=cb.capped)
         out.update(analyses=len(seconds), steps=cb.state.steps, skipped=cb.skipped,
                    analysis_s=cb.state_dict()["analysis_seconds"], cold_analysis_s=seconds[0],
                    warm_analysis_s_mean=sum(seconds[1:]) / max(1, len(seconds) - 1))

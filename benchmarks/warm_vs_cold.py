@@ -3,6 +3,8 @@
     python benchmarks/warm_vs_cold.py --run runs/sweep/lstm_dropout/lstm_dropout0_seed0 --sentences 8 \
         --reference-at 50 250
     python benchmarks/warm_vs_cold.py --minilm --sentences 2 --reference-at 50 200
+    python benchmarks/warm_vs_cold.py --run runs/long/lstm_dropout/lstm_dropout0_seed0 --checkpoints 200 500 1000 \
+        1500 2000 --reference-at 1500 2000
 
 The run is a folder written by ``python -m examples.sweep run`` (its model's state_dict at every analysis
 step of the callback's default schedule, its probe and hyperparameters), or ``--minilm``: all-MiniLM-L6-v2
@@ -60,6 +62,8 @@ def main(argv: Optional[list[str]] = None) -> None:
                              "last step of --schedule, analysing its 6 layers at every step of the schedule")
     parser.add_argument("--schedule", type=int, nargs="*", default=[0, 1, 2, 5, 10, 20, 50, 100, 200],
                         help="--minilm: the steps analysed (default: the callback's log-spaced schedule to 200)")
+    parser.add_argument("--checkpoints", type=int, nargs="*", default=None,
+                        help="--run: only these of its checkpoint steps (the warm chain runs over them)")
     parser.add_argument("--sentences", type=int, default=8, help="the first N probe sentences")
     parser.add_argument("--reference-at", type=int, nargs="*", default=[], help="steps scored against a long run")
     parser.add_argument("--reference-steps", type=int, default=400)
@@ -114,6 +118,11 @@ def _sweep_run(args: argparse.Namespace) -> tuple[Any, Any, list[tuple[int, Any]
     estimator, probe, _config = sweep._estimator_and_probe(module, run_dir, record, tokenizer)
     chosen = list(range(min(args.sentences, len(probe.tokens))))
     batch = {k: v[chosen] for k, v in probe.batch.items()} if isinstance(probe.batch, dict) else probe.batch[chosen]
+    if getattr(args, "checkpoints", None):
+        missing = sorted(set(args.checkpoints) - set(steps))
+        if missing:
+            raise SystemExit(f"{run_dir} has no checkpoints at steps {missing}; it has {steps}")
+        steps = [s for s in steps if s in args.checkpoints]
     return estimator, batch, [(s, partial(sweep.load_checkpoint, module, run_dir, s)) for s in steps]
 
 
