@@ -706,3 +706,17 @@ def test_budget_cap_lets_cheap_analyses_run_in_full_and_holds_the_overhead(tmp_p
     # no budget: every analysis runs to max_steps
     free, metas = _capped_run(tmp_path / "free", monkeypatch, per_step_s=0.1, max_overhead=None)
     assert [m["steps_run"] for m in metas] == [60] * 8 and free.capped == 0
+
+
+def test_budget_keeps_its_seconds_per_step_across_a_resume():
+    from lightning_infoflow.lightning.schedule import OverheadBudget
+
+    budget = OverheadBudget(0.1)
+    budget.spent(6.0, new_analysis=True, steps_run=60)
+    resumed = OverheadBudget(0.1)
+    resumed.load_state_dict(budget.state_dict())
+    assert resumed.step_seconds == pytest.approx(0.1) and resumed.analysis_seconds == pytest.approx(6.0)
+    old = {k: v for k, v in budget.state_dict().items() if k != "step_seconds"}  # a checkpoint from before the cap
+    older = OverheadBudget(0.1)
+    older.load_state_dict(old)
+    assert older.step_seconds == 0.0 and older.step_cap(10, 100.0, at_end=False, floor=10) is None
