@@ -1,6 +1,6 @@
 """Demo: train a 4-layer BiLSTM on SST-2 for a few minutes on the CPU with InfoFlowCallback watching.
 
-    python examples/demo.py                 # 1-5 minutes on 2 CPU cores (measured in the README's Set up)
+    python examples/demo.py                 # about 8 minutes on 2 CPU cores (measured in the README's Set up)
     python examples/demo.py --max-steps 50  # a quick look
 
 Prints one line per analysis and per validation while it trains, so that it never looks hung.
