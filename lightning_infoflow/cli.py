@@ -76,6 +76,7 @@ from lightning_infoflow.reporting.tables import (
     Table,
     cell,
     compare_tables,
+    estimates_note,
     layer_table,
 )
 
@@ -187,6 +188,9 @@ def _print_report(run: Run, path: str, findings: list[guidance.Finding], namespa
     if run.superseded:
         out.print(f"  {len(run.superseded)} result file(s) superseded by newer files of the same step: "
                   + ", ".join(run.superseded), markup=False)
+    quality = estimates_note(run)
+    if quality:
+        out.print(quality, markup=False)
     if run.hparams:
         out.print("Hyperparameters: " + ", ".join(f"{k}={cell(v)}" for k, v in sorted(run.hparams.items())))
     metrics = run.final_metrics()

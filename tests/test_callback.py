@@ -78,6 +78,9 @@ def test_scalars_reach_csv_and_callback_metrics(tmp_path):
     with open(os.path.join(logger.log_dir, "infoflow", "findings.md")) as f:
         assert f.read().startswith("### infoflow: guidance at step 10 (3 analyses)")
     assert float(trainer.callback_metrics["infoflow/analysis_seconds"]) > 0
+    # the estimate's own quality: steps run (the warm analysis's 2) and no stated error for fixed steps
+    assert float(trainer.callback_metrics["infoflow/optimisation_steps"]) == 2
+    assert torch.isnan(trainer.callback_metrics["infoflow/estimate_error"])
     pngs = glob.glob(os.path.join(logger.log_dir, "infoflow", "images", "*.png"))
     assert any("heatmap" in p for p in pngs) and any("curves" in p for p in pngs)
     # raw results load without this package's classes
@@ -677,6 +680,9 @@ def _capped_run(tmp_path, monkeypatch, per_step_s: float, max_overhead: float = 
                           max_overhead=max_overhead)
     trainer = _trainer(tmp_path, [cb, _Tick(clock, 1.0)], max_steps=60)
     trainer.fit(TinyClassifier(), loaders()[0])
+    # what the dashboards show of the last estimate's quality
+    assert float(trainer.callback_metrics["infoflow/optimisation_steps"]) == metas[-1]["steps_run"]
+    assert float(trainer.callback_metrics["infoflow/estimate_error"]) == pytest.approx(max(metas[-1]["error"]))
     return cb, metas
 
 

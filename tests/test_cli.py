@@ -65,7 +65,8 @@ def trained(tmp_path_factory) -> dict[str, str]:
 
 
 def write_run(log_dir: str, info_last: list[list[float]], tokens: list[list[str]], hparams: dict, acc: float,
-              steps=(0, 10, 20), val_loss: list[float] | None = None, last_spread: float = 0.5) -> None:
+              steps=(0, 10, 20), val_loss: list[float] | None = None, last_spread: float = 0.5,
+              metas: dict[int, dict] | None = None) -> None:
     """A run by hand: results whose last layer keeps ``info_last[k]`` nats of each word (one sentence per row),
     with state spread ``last_spread``; a training loss falling from 0.7 by 0.01 a step, and ``val_loss`` at
     each step when given."""
@@ -77,7 +78,7 @@ def write_run(log_dir: str, info_last: list[list[float]], tokens: list[list[str]
         info = torch.stack([first, last])  # [L=2, B, T]
         sigma = 10.0 * torch.exp(-info)
         r = InfoFlowResult(["enc.0", "enc.1"], sigma, torch.ones(info.shape[1:], dtype=torch.bool), 10.0, 1,
-                           tokens=[list(t) for t in tokens], meta={"step": step},
+                           tokens=[list(t) for t in tokens], meta={"step": step, **(metas or {}).get(step, {})},
                            state_spread=torch.tensor([0.5, last_spread]))
         r.save(os.path.join(log_dir, "infoflow", "results", f"step_{step:08d}.pt"))
     with open(os.path.join(log_dir, "hparams.yaml"), "w") as f:
@@ -206,6 +207,27 @@ def test_report_flags_a_run_that_has_not_learned(tmp_path):
     write_run(learned, [[1.0] * 7, [2.0] * 7], SENTENCES, {"dropout": 0.0}, 0.8, val_loss=[0.696, 0.68, 0.65])
     res = invoke("report", learned, "--out", str(tmp_path / "report2"), "--no-progress")
     assert res.exit_code == 0 and "not_learning" not in flat(res)
+
+
+def test_report_says_which_estimates_stopped_short_of_their_target(tmp_path):
+    log_dir = str(tmp_path / "run" / "version_0")
+    auto = {"target_error": 0.05, "steps_run": 20}
+    metas = {0: {**auto, "stopped": "target", "error": [0.03, 0.04]},
+             10: {**auto, "stopped": "max_steps", "steps_run": 200, "error": [0.04, 0.061]},
+             20: {**auto, "stopped": "budget", "steps_run": 10, "error": [0.2, 0.29]}}
+    write_run(log_dir, [[1.0] * 7, [2.0] * 7], SENTENCES, {}, 0.8, metas=metas)
+    out = tmp_path / "report"
+    res = invoke("report", log_dir, "--out", str(out), "--no-progress")
+    assert res.exit_code == 0, res.output
+    said = ("Estimates: 1 of 3 analyses stopped at their target error (0.05); short of it: step 10 (stopped at "
+            "max_steps after 200 steps, stated error 0.061), step 20 (stopped by the overhead budget after 10 "
+            "steps, stated error 0.290)")
+    assert said in flat(res) and said in (out / "report.html").read_text()
+    # results of fixed steps (or from before steps="auto") state nothing
+    fixed = str(tmp_path / "fixed" / "version_0")
+    write_run(fixed, [[1.0] * 7, [2.0] * 7], SENTENCES, {}, 0.8)
+    res = invoke("report", fixed, "--out", str(tmp_path / "report2"), "--no-progress")
+    assert res.exit_code == 0 and "Estimates:" not in flat(res)
 
 
 def test_compare_leaves_out_runs_that_did_not_learn_or_collapsed(sweep, tmp_path, monkeypatch):

@@ -93,11 +93,16 @@ class Publisher:
 
     def scalars(self, result: InfoFlowResult, seconds: float) -> dict[str, float]:
         """``<name>/<measure>/<layer>`` for every measure of :data:`~lightning_infoflow.lightning.sinks.MEASURES`
-        (the same keys at every analysis; NaN where a value is unknown), and ``<name>/analysis_seconds``."""
+        (the same keys at every analysis; NaN where a value is unknown), ``<name>/analysis_seconds``, and the
+        estimate's own quality: ``<name>/optimisation_steps`` (steps run) and ``<name>/estimate_error`` (the
+        largest layer's stated error of ``log sigma``; NaN for fixed steps)."""
         values = layer_measures(result)
         out = {f"{self.name}/{m}/{layer}": float(values[m][i])
                for m in MEASURES for i, layer in enumerate(result.layer_names)}
         out[f"{self.name}/analysis_seconds"] = seconds
+        out[f"{self.name}/optimisation_steps"] = float(result.meta.get("steps_run", float("nan")))
+        errors = [float(e) for e in result.meta.get("error") or [] if e == e]
+        out[f"{self.name}/estimate_error"] = max(errors) if errors else float("nan")
         return out
 
     def publish(self, trainer: Trainer, result: InfoFlowResult, curves: Curves, extra: HookOutput) -> None:

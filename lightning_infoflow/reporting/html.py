@@ -30,6 +30,7 @@ from lightning_infoflow.reporting.tables import (
     cell,
     compare_tables,
     definitions,
+    estimates_note,
     layer_axis,
     layer_table,
     phases_table,
@@ -129,6 +130,9 @@ def write_run_report(run: Run, out_dir: str, findings: Sequence[Finding], heatma
     for label, notes in (("Skipped files", run.skipped), (superseded, run.superseded)):
         if notes:
             page.text(f"{label}: " + "; ".join(notes))
+    quality = estimates_note(run)
+    if quality:
+        page.text(quality)
     page.section("Findings")
     page.findings(findings)
     tables = [t for t in (layer_table(run), settings_table(run)) if t is not None]

@@ -114,6 +114,43 @@ def layer_table(run: Run) -> Table:
     return Table(f"Layers at step {run.steps[-1]} (the last analysis)", header, rows)
 
 
+def estimates_note(run: Run) -> str | None:
+    """How good the run's estimates are by their own account: how many stopped at their target error, and
+    each one that stopped short of it (at ``max_steps`` or at the callback's overhead budget) with its
+    stated error. ``None`` when no analysis stopped automatically (fixed steps, or files from before).
+
+    Example::
+
+        >>> from types import SimpleNamespace
+        >>> def result(step, stopped, error):
+        ...     return SimpleNamespace(meta={"step": step, "stopped": stopped, "error": error, "steps_run": 10,
+        ...                                  "target_error": 0.05})
+        >>> run = SimpleNamespace(results=[result(0, "target", [0.04]), result(600, "budget", [0.2, 0.29])])
+        >>> summary, short = estimates_note(run).split("; ")
+        >>> summary
+        'Estimates: 1 of 2 analyses stopped at their target error (0.05)'
+        >>> short
+        'short of it: step 600 (stopped by the overhead budget after 10 steps, stated error 0.290)'
+    """
+    automatic = [r for r in run.results if r.meta.get("stopped") in ("target", "max_steps", "budget")]
+    if not automatic:
+        return None
+    short = [r for r in automatic if r.meta["stopped"] != "target"]
+    targets = sorted({float(r.meta.get("target_error", math.nan)) for r in automatic})
+    line = (f"Estimates: {len(automatic) - len(short)} of {len(run.results)} analyses stopped at their target "
+            f"error ({', '.join(f'{t:g}' for t in targets)})")
+    if not short:
+        return line
+    why = {"max_steps": "at max_steps", "budget": "by the overhead budget"}
+    parts = []
+    for r in short:
+        errors = [float(e) for e in r.meta.get("error") or [] if e == e]
+        stated = f", stated error {max(errors):.3f}" if errors else ""
+        parts.append(f"step {r.meta.get('step')} (stopped {why[r.meta['stopped']]} after "
+                     f"{r.meta.get('steps_run')} steps{stated})")
+    return f"{line}; short of it: " + ", ".join(parts)
+
+
 def settings_table(run: Run) -> Table | None:
     """Hyperparameters and final validation metrics; ``None`` when the run logged neither."""
     rows = [[k, v] for k, v in (*sorted(run.hparams.items()), *sorted(run.final_metrics().items()))]
