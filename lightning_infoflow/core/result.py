@@ -89,6 +89,20 @@ class InfoFlowResult:
         return self.unstable.flatten(1).any(-1)
 
     @property
+    def stated_error(self) -> float:
+        """The largest layer's estimated error of ``log sigma`` at the end of the optimisation
+        (``meta["error"]``, from ``steps="auto"``); NaN when the estimate stated none (fixed steps).
+
+        >>> import torch
+        >>> r = InfoFlowResult(["a", "b"], torch.ones(2, 1, 3), torch.ones(1, 3, dtype=torch.bool), 10.0, 4,
+        ...                    meta={"error": [0.02, 0.04]})
+        >>> r.stated_error
+        0.04
+        """
+        errors = [float(e) for e in self.meta.get("error") or [] if e == e]
+        return max(errors) if errors else float("nan")
+
+    @property
     def entropy(self) -> Tensor:
         """H(X_i | s) in nats (Eq. 6), ``[L, B, T]``, NaN at padding."""
         return measures.word_entropy(self.sigma, self.embedding_dim)

@@ -385,10 +385,9 @@ class InfoFlowCallback(Callback):
         """Once per run: an analysis stopped at the budget's cap, short of the target error."""
         self.state.capped += 1
         if self.state.capped == 1:
-            error = max(result.meta.get("error") or [float("nan")])
             rank_zero_info(
                 f"InfoFlowCallback: the analysis at step {step} stopped at {cap} steps to keep the analyses under "
-                f"max_overhead={self.max_overhead}, at an estimated error of {error:.3f} (target_error="
+                f"max_overhead={self.max_overhead}, at an estimated error of {result.stated_error:.3f} (target_error="
                 f"{self.estimator.target_error}); its result says so (meta['stopped'] == 'budget'). Raise "
                 "max_overhead, or set it to None, for analyses that reach the target."
             )

@@ -101,8 +101,7 @@ class Publisher:
                for m in MEASURES for i, layer in enumerate(result.layer_names)}
         out[f"{self.name}/analysis_seconds"] = seconds
         out[f"{self.name}/optimisation_steps"] = float(result.meta.get("steps_run", float("nan")))
-        errors = [float(e) for e in result.meta.get("error") or [] if e == e]
-        out[f"{self.name}/estimate_error"] = max(errors) if errors else float("nan")
+        out[f"{self.name}/estimate_error"] = result.stated_error
         return out
 
     def publish(self, trainer: Trainer, result: InfoFlowResult, curves: Curves, extra: HookOutput) -> None:

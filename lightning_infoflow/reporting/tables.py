@@ -123,8 +123,8 @@ def estimates_note(run: Run) -> str | None:
 
         >>> from types import SimpleNamespace
         >>> def result(step, stopped, error):
-        ...     return SimpleNamespace(meta={"step": step, "stopped": stopped, "error": error, "steps_run": 10,
-        ...                                  "target_error": 0.05})
+        ...     meta = {"step": step, "stopped": stopped, "error": error, "steps_run": 10, "target_error": 0.05}
+        ...     return SimpleNamespace(meta=meta, stated_error=max(error))
         >>> run = SimpleNamespace(results=[result(0, "target", [0.04]), result(600, "budget", [0.2, 0.29])])
         >>> summary, short = estimates_note(run).split("; ")
         >>> summary
@@ -144,8 +144,7 @@ def estimates_note(run: Run) -> str | None:
     why = {"max_steps": "at max_steps", "budget": "by the overhead budget"}
     parts = []
     for r in short:
-        errors = [float(e) for e in r.meta.get("error") or [] if e == e]
-        stated = f", stated error {max(errors):.3f}" if errors else ""
+        stated = "" if math.isnan(r.stated_error) else f", stated error {r.stated_error:.3f}"
         parts.append(f"step {r.meta.get('step')} (stopped {why[r.meta['stopped']]} after "
                      f"{r.meta.get('steps_run')} steps{stated})")
     return f"{line}; short of it: " + ", ".join(parts)
