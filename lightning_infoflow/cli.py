@@ -24,6 +24,7 @@ This module is the command surface only; the work is done in
 from __future__ import annotations
 
 import inspect
+import math
 import os
 import time
 from typing import Any
@@ -87,6 +88,8 @@ ESTIMATOR_STEPS = inspect.signature(InfoFlowEstimator).parameters["steps"].defau
 """The estimator's own default optimisation steps (``analyze --steps`` when not given)."""
 ESTIMATOR_TARGET = inspect.signature(InfoFlowEstimator).parameters["target_error"].default
 """The estimator's own default ``target_error`` (``analyze --target-error`` when not given)."""
+ESTIMATOR_MAX_STEPS = inspect.signature(InfoFlowEstimator).parameters["max_steps"].default
+"""The estimator's own default ``max_steps`` (``analyze --max-steps`` when not given)."""
 
 
 class StepsType(click.ParamType):
@@ -296,6 +299,8 @@ def compare(run_dirs: tuple[str, ...], out: str, metric: str | None, mode: str |
 @click.option("--target-error", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=None,
               help="Where steps='auto' stops: root-mean-square error of log sigma "
                    f"[default: InfoFlowEstimator's own, {ESTIMATOR_TARGET!r}].")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None,
+              help=f"The cap of steps='auto' [default: InfoFlowEstimator's own, {ESTIMATOR_MAX_STEPS!r}].")
 @click.option("--lam", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True,
               help="Lambda of Eq. 7.")
 @click.option("--samples", type=click.IntRange(min=1), default=4, show_default=True, help="Noise draws per step.")
@@ -307,7 +312,8 @@ def compare(run_dirs: tuple[str, ...], out: str, metric: str | None, mode: str |
 @_quiet_option
 def analyze(module_spec: str | None, ckpt: str | None, hf_model: str | None, probe: str,
             tokenizer: str | None, out: str, force: bool, namespace: str, layers: tuple[str, ...], embedding: str,
-            submodule: str | None, steps: int | str | None, target_error: float | None, lam: float, samples: int,
+            submodule: str | None, steps: int | str | None, target_error: float | None, max_steps: int | None,
+            lam: float, samples: int,
             num_sentences: int | None,
             max_length: int | None, step_override: int | None, seed: int, progress: bool, quiet: bool) -> None:
     """Run the estimator on a saved model (a Lightning checkpoint or a Hugging Face folder) and a probe
@@ -329,7 +335,7 @@ def analyze(module_spec: str | None, ckpt: str | None, hf_model: str | None, pro
     try:
         built = build_probe(read_sentences(probe), tokenizer_from(tokenizer), num_sentences=num_sentences,
                             max_length=max_length)
-        given = {"steps": steps, "target_error": target_error}
+        given = {"steps": steps, "target_error": target_error, "max_steps": max_steps}
         chosen: dict[str, Any] = {k: v for k, v in given.items() if v is not None}  # None: the estimator's own default
         estimator = InfoFlowEstimator(target, layer_spec, embedding, lam=lam, samples=samples, seed=seed, **chosen)
         names = estimator.check(built.batch)
@@ -361,6 +367,11 @@ def _print_analysis(result: Any, path: str, out: str) -> None:
     table = Table("Layers", ["layer", INFORMATION, EFFECTIVE_WORDS], rows)
     terminal.print(render(table))
     print_definitions(terminal, [table])
+    stopped = {"target": "at its target error", "max_steps": "at --max-steps, short of its target error",
+               "steps": "after the fixed --steps"}.get(str(result.meta.get("stopped")), "")
+    stated = "" if math.isnan(result.stated_error) else f", stated error of log sigma {result.stated_error:.3f}"
+    terminal.print(f"Estimate: {result.meta.get('steps_run')} optimisation steps, stopped {stopped}{stated}",
+                   markup=False)
     terminal.print(f"Result: {path}\nNext:   infoflow report {out}")
 
 

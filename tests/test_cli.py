@@ -350,6 +350,19 @@ def test_analyze_lightning_checkpoint_then_report(trained, tmp_path):
     res = invoke("report", str(out), "--no-progress")
     assert res.exit_code == 0, res.output
     assert "1 analyses at steps [6], 2 probe sentences" in flat(res)
+    assert "Estimate: 2 optimisation steps, stopped after the fixed --steps" in flat(invoke(
+        "analyze", "--module", "lit_helpers:TinyClassifier", "--ckpt", trained["ckpt"], "--probe", str(probe),
+        "--tokenizer", "test_cli:ids_tokenizer", "--out", str(tmp_path / "fixed"), "--steps", "2", "--samples", "1",
+        "--no-progress"))
+    # steps='auto' capped by --max-steps: the cap, why it stopped and the stated error are said
+    res = invoke("analyze", "--module", "lit_helpers:TinyClassifier", "--ckpt", trained["ckpt"], "--probe", str(probe),
+                 "--tokenizer", "test_cli:ids_tokenizer", "--out", str(tmp_path / "auto"), "--target-error", "0.001",
+                 "--max-steps", "10", "--samples", "1", "--no-progress")
+    assert res.exit_code == 0, res.output
+    said = "Estimate: 10 optimisation steps, stopped at --max-steps, short of its target error, stated error"
+    assert said in flat(res)
+    data = torch.load(tmp_path / "auto" / "infoflow" / "results" / "step_00000006.pt", weights_only=True)
+    assert data["meta"]["max_steps"] == 10 and data["meta"]["stopped"] == "max_steps"
 
 
 @pytest.mark.hf
