@@ -223,6 +223,14 @@ def test_report_says_which_estimates_stopped_short_of_their_target(tmp_path):
             "max_steps after 200 steps, stated error 0.061), step 20 (stopped by the overhead budget after 10 "
             "steps, stated error 0.290)")
     assert said in flat(res) and said in (out / "report.html").read_text()
+    # a malformed file's quality fields are reported as unknown, never a crash
+    odd = str(tmp_path / "odd" / "version_0")
+    write_run(odd, [[1.0] * 7, [2.0] * 7], SENTENCES, {}, 0.8,
+              metas={10: {"stopped": "budget", "steps_run": 10, "error": "n/a", "target_error": None}})
+    res = invoke("report", odd, "--out", str(tmp_path / "report_odd"), "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert ("Estimates: 0 of 3 analyses stopped at their target error (?); short of it: step 10 (stopped by the "
+            "overhead budget after 10 steps)") in flat(res)
     # results of fixed steps (or from before steps="auto") state nothing
     fixed = str(tmp_path / "fixed" / "version_0")
     write_run(fixed, [[1.0] * 7, [2.0] * 7], SENTENCES, {}, 0.8)

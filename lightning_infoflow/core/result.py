@@ -91,7 +91,8 @@ class InfoFlowResult:
     @property
     def stated_error(self) -> float:
         """The largest layer's estimated error of ``log sigma`` at the end of the optimisation
-        (``meta["error"]``, from ``steps="auto"``); NaN when the estimate stated none (fixed steps).
+        (``meta["error"]``, from ``steps="auto"``); NaN when the estimate stated none (fixed steps) or the
+        file holds no list of numbers there.
 
         >>> import torch
         >>> r = InfoFlowResult(["a", "b"], torch.ones(2, 1, 3), torch.ones(1, 3, dtype=torch.bool), 10.0, 4,
@@ -99,7 +100,11 @@ class InfoFlowResult:
         >>> r.stated_error
         0.04
         """
-        errors = [float(e) for e in self.meta.get("error") or [] if e == e]
+        try:  # a result file written elsewhere may hold anything here
+            errors = [float(e) for e in self.meta.get("error") or []]
+        except (TypeError, ValueError):
+            return float("nan")
+        errors = [e for e in errors if e == e]
         return max(errors) if errors else float("nan")
 
     @property

@@ -136,9 +136,10 @@ def estimates_note(run: Run) -> str | None:
     if not automatic:
         return None
     short = [r for r in automatic if r.meta["stopped"] != "target"]
-    targets = sorted({float(r.meta.get("target_error", math.nan)) for r in automatic})
+    targets = sorted({f"{t:g}" if isinstance(t, (int, float)) else "?"
+                      for t in (r.meta.get("target_error") for r in automatic)})
     line = (f"Estimates: {len(automatic) - len(short)} of {len(run.results)} analyses stopped at their target "
-            f"error ({', '.join(f'{t:g}' for t in targets)})")
+            f"error ({', '.join(targets)})")
     if not short:
         return line
     why = {"max_steps": "at max_steps", "budget": "by the overhead budget"}
